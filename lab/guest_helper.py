@@ -1,0 +1,481 @@
+"""Runs inside the lab's guest: serves the host-side test over a virtio-serial
+port ("lab.ctl"), one JSON object per line each way.
+
+Standard library only: it must start on any Python the guest has.  Requests
+carry an "id" and are served concurrently (a thread each), so the host can wait
+for a condition in the guest while it drives QEMU.  Waits are event-driven:
+netlink multicast (links, addresses) or inotify (files) wake the check up; a
+deadline bounds every wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+PORT_NAME = "lab.ctl"
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV4_ROUTE = 0x40
+NETLINK_ROUTE = 0
+
+
+def find_port(name: str = PORT_NAME) -> str:
+    base = "/sys/class/virtio-ports"
+    for entry in sorted(os.listdir(base)):
+        try:
+            with open(os.path.join(base, entry, "name")) as f:
+                if f.read().strip() == name:
+                    return "/dev/" + entry
+        except OSError:
+            continue
+    raise SystemExit(f"guest_helper: no virtio port named {name}")
+
+
+class Channel:
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR)
+        self.lock = threading.Lock()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+
+    def lines(self) -> Any:
+        buf = b""
+        while True:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    yield json.loads(line)
+
+
+# ---------------------------------------------------------------- link state
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def link_attr(name: str, attr: str) -> Any:
+    """One attribute of a link, read from sysfs; None if absent."""
+    base = f"/sys/class/net/{name}"
+    if attr == "exists":
+        return os.path.exists(base)
+    if not os.path.exists(base):
+        return None
+    if attr == "master":
+        m = os.path.join(base, "master")
+        return os.path.basename(os.readlink(m)) if os.path.islink(m) else ""
+    if attr == "active_slave":
+        return _read(f"{base}/bonding/active_slave") or ""
+    if attr == "carrier":
+        v = _read(f"{base}/carrier")
+        return int(v) if v and v.isdigit() else None
+    if attr in ("operstate", "address", "ifalias", "mtu", "ifindex"):
+        return _read(f"{base}/{attr}")
+    if attr == "slaves":
+        v = _read(f"{base}/bonding/slaves")
+        return sorted(v.split()) if v else []
+    if attr == "lower":
+        return sorted(e[len("lower_") :] for e in os.listdir(base) if e.startswith("lower_"))
+    raise ValueError(f"unknown attribute {attr}")
+
+
+def link_by_mac(mac: str) -> list[str]:
+    out = []
+    for name in os.listdir("/sys/class/net"):
+        if _read(f"/sys/class/net/{name}/address") == mac:
+            out.append(name)
+    return sorted(out)
+
+
+def evaluate(clauses: list[dict[str, Any]]) -> tuple[bool, list[Any]]:
+    """Every clause {"link": name, "attr": a, "eq": v} or {... "ne": v} must hold."""
+    seen = []
+    ok = True
+    for c in clauses:
+        if "team_active" in c:
+            val: Any = team_active_port(c["team_active"])
+            want = c.get("eq")
+            good = val == want if "eq" in c else val != c.get("ne")
+        else:
+            val = link_attr(c["link"], c["attr"])
+            good = val == c["eq"] if "eq" in c else val != c["ne"]
+        seen.append(val)
+        ok = ok and good
+    return ok, seen
+
+
+def team_active_port(dev: str) -> Optional[str]:
+    try:
+        p = subprocess.run(
+            ["teamdctl", dev, "state", "item", "get", "runner.active_port"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def netlink_socket() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE))
+    s.setblocking(False)
+    return s
+
+
+def wait_until(
+    check: Callable[[], tuple[bool, Any]], timeout: float, wake: list[int]
+) -> dict[str, Any]:
+    """Re-run `check` whenever one of the `wake` fds is readable (drained)."""
+    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    wakeups = 0
+    while True:
+        ok, seen = check()
+        if ok:
+            return {"ok": True, "seen": seen, "waited": time.monotonic() - t0, "wakeups": wakeups}
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return {"ok": False, "seen": seen, "waited": time.monotonic() - t0, "wakeups": wakeups}
+        ready, _, _ = select.select(wake, [], [], left)
+        for fd in ready:
+            wakeups += 1
+            try:
+                while os.read(fd, 65536):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+
+
+class Inotify:
+    IN_ALL = 0x00000FFF
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self._libc = libc
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+
+    def watch(self, path: str) -> None:
+        if self._libc.inotify_add_watch(self.fd, path.encode(), self.IN_ALL) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ---------------------------------------------------------------- streams
+
+
+class UdpStream(threading.Thread):
+    """A guest-originated, sequence-numbered UDP stream to the peer's sink."""
+
+    def __init__(self, dst: str, port: int, rate: float, src_port: int) -> None:
+        super().__init__(daemon=True)
+        fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
+        self.sock.bind(("", src_port))
+        self.dst = (dst, port)
+        self.rate = rate
+        self.sent = 0
+        self.errors = 0
+        self.stop_ev = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_ev.is_set():
+            due = t0 + self.sent / self.rate
+            now = time.monotonic()
+            if due > now:
+                self.stop_ev.wait(due - now)  # pacing, not synchronisation
+                continue
+            payload = b"GFSQ" + struct.pack(">QQ", self.sent, time.monotonic_ns())
+            try:
+                self.sock.sendto(payload, self.dst)
+            except OSError:
+                self.errors += 1
+            self.sent += 1
+
+
+class BcastCounter(threading.Thread):
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("", port))
+        self.sock.settimeout(0.2)
+        self.counts: dict[str, int] = {}
+        self.stop_ev = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_ev.is_set():
+            try:
+                data, _ = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            key = data.hex()
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+
+# ---------------------------------------------------------------- server
+
+
+class Helper:
+    def __init__(self, chan: Channel) -> None:
+        self.chan = chan
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.streams: dict[str, UdpStream] = {}
+        self.counters: dict[str, BcastCounter] = {}
+        self.notify: dict[str, socket.socket] = {}
+        self.notify_msgs: dict[str, list[str]] = {}
+        self.done = threading.Event()
+
+    # each op returns a dict (the reply) or raises
+    def op_run(self, r: dict[str, Any]) -> dict[str, Any]:
+        env = dict(os.environ, **r.get("env", {}))
+        try:
+            p = subprocess.run(
+                r["argv"],
+                input=r.get("input", "").encode(),
+                capture_output=True,
+                timeout=r.get("timeout_", 60),
+                env=env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            return {"rc": None, "out": (e.stdout or b"").decode(errors="replace"), "err": "timeout"}
+        return {
+            "rc": p.returncode,
+            "out": p.stdout.decode(errors="replace"),
+            "err": p.stderr.decode(errors="replace"),
+        }
+
+    def op_spawn(self, r: dict[str, Any]) -> dict[str, Any]:
+        key = r["key"]
+        old = self.procs.get(key)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"process {key} still runs")
+        env = dict(os.environ, **r.get("env", {}))
+        if r.get("notify"):
+            path = f"/run/lab-notify-{key}.sock"
+            if key not in self.notify:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                s.bind(path)
+                self.notify[key] = s
+            self.notify_msgs[key] = []
+            env["NOTIFY_SOCKET"] = path
+        log = open(r["log"], "ab") if r.get("log") else subprocess.DEVNULL  # noqa: SIM115
+        p = subprocess.Popen(
+            r["argv"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        self.procs[key] = p
+        return {"pid": p.pid}
+
+    def op_signal(self, r: dict[str, Any]) -> dict[str, Any]:
+        p = self.procs[r["key"]]
+        if p.poll() is None:
+            os.kill(p.pid, getattr(signal, r.get("sig", "SIGTERM")))
+        return {}
+
+    def op_wait_proc(self, r: dict[str, Any]) -> dict[str, Any]:
+        p = self.procs[r["key"]]
+        try:
+            return {"rc": p.wait(timeout=r.get("timeout_", 30))}
+        except subprocess.TimeoutExpired:
+            return {"rc": None}
+
+    def op_find_links(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Net devices below a PCI(e) root port, by its address."""
+        return {"names": self._links_under(r["rp"])}
+
+    def _links_under(self, rp: str) -> list[str]:
+        names = []
+        for name in sorted(os.listdir("/sys/class/net")):
+            dev = f"/sys/class/net/{name}/device"
+            if os.path.exists(dev) and f"/{rp}/" in os.path.realpath(dev) + "/":
+                names.append(name)
+        return names
+
+    def op_wait_nic(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Wait until one netdev sits below root port `rp` and udev finished
+        with it (its udev database entry exists): woken by netlink and by
+        inotify on udev's database directory."""
+        nl = netlink_socket()
+        ino = Inotify()
+        try:
+            ino.watch("/run/udev/data")
+
+            def check() -> tuple[bool, Any]:
+                names = self._links_under(r["rp"])
+                if len(names) != 1:
+                    return False, names
+                idx = _read(f"/sys/class/net/{names[0]}/ifindex")
+                db = _read(f"/run/udev/data/n{idx}")
+                # udev writes its database with ID_RENAMING=1 before it renames
+                # and drops that mark when it has processed the "move" event.
+                if db is None or "E:ID_RENAMING=1" in db.splitlines():
+                    return False, names
+                return True, self._links_under(r["rp"])
+
+            return wait_until(check, r.get("timeout_", 30), [nl.fileno(), ino.fd])
+        finally:
+            nl.close()
+            ino.close()
+
+    def op_wait_notify(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Wait for an sd_notify message containing `contains` from a process
+        spawned with notify=True."""
+        sock = self.notify[r["key"]]
+        deadline = time.monotonic() + r.get("timeout_", 30)
+        while True:
+            msgs = self.notify_msgs.setdefault(r["key"], [])
+            if any(r["contains"] in m for m in msgs):
+                return {"ok": True, "messages": msgs}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {"ok": False, "messages": msgs}
+            ready, _, _ = select.select([sock], [], [], left)
+            if ready:
+                msgs.append(sock.recv(4096).decode(errors="replace"))
+
+    def op_write_file(self, r: dict[str, Any]) -> dict[str, Any]:
+        os.makedirs(os.path.dirname(r["path"]) or "/", exist_ok=True)
+        with open(r["path"], "w") as f:
+            f.write(r["content"])
+        if "mode" in r:
+            os.chmod(r["path"], r["mode"])
+        return {}
+
+    def op_read_file(self, r: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with open(r["path"]) as f:
+                return {"content": f.read()}
+        except FileNotFoundError:
+            return {"content": None}
+
+    def op_wait_net(self, r: dict[str, Any]) -> dict[str, Any]:
+        s = netlink_socket()
+        try:
+            return wait_until(lambda: evaluate(r["clauses"]), r.get("timeout_", 30), [s.fileno()])
+        finally:
+            s.close()
+
+    def op_wait_file(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Wait until file `path` exists and (optionally) contains `contains`."""
+        path = r["path"]
+        ino = Inotify()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            ino.watch(os.path.dirname(path))
+
+            def check() -> tuple[bool, Any]:
+                content = _read(path)
+                if content is None:
+                    return False, None
+                return (r.get("contains", "") in content), len(content)
+
+            return wait_until(check, r.get("timeout_", 30), [ino.fd])
+        finally:
+            ino.close()
+
+    def op_stream_start(self, r: dict[str, Any]) -> dict[str, Any]:
+        st = UdpStream(r["dst"], r.get("port", 9), r["rate"], r.get("src_port", 0))
+        self.streams[r["key"]] = st
+        st.start()
+        return {"src_port": st.sock.getsockname()[1]}
+
+    def op_stream_stop(self, r: dict[str, Any]) -> dict[str, Any]:
+        st = self.streams.pop(r["key"])
+        st.stop_ev.set()
+        st.join(5)
+        st.sock.close()
+        return {"sent": st.sent, "errors": st.errors}
+
+    def op_bcast_start(self, r: dict[str, Any]) -> dict[str, Any]:
+        c = BcastCounter(r["port"])
+        self.counters[r["key"]] = c
+        c.start()
+        return {}
+
+    def op_bcast_stop(self, r: dict[str, Any]) -> dict[str, Any]:
+        c = self.counters.pop(r["key"])
+        c.stop_ev.set()
+        c.join(5)
+        c.sock.close()
+        return {"counts": c.counts}
+
+    def op_poweroff(self, r: dict[str, Any]) -> dict[str, Any]:
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.done.set()
+        return {}
+
+    def serve(self, req: dict[str, Any]) -> None:
+        rid = req.get("id")
+        try:
+            fn = getattr(self, "op_" + req["op"])
+            reply = fn(req)
+            reply["id"] = rid
+        except Exception as e:  # every failure goes back to the host, which raises it
+            reply = {
+                "id": rid,
+                "error": f"{type(e).__name__}: {e}",
+                "trace": traceback.format_exc(),
+            }
+        self.chan.send(reply)
+        if req.get("op") == "poweroff":
+            os._exit(0)
+
+
+def main() -> int:
+    chan = Channel(find_port())
+    helper = Helper(chan)
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    chan.send({"event": "ready", "uptime": uptime, "kernel": os.uname().release})
+    for req in chan.lines():
+        threading.Thread(target=helper.serve, args=(req,), daemon=True).start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
