@@ -1,0 +1,450 @@
+"""The configuration: TOML at /etc/guestfail/guestfail.toml, validated into
+frozen dataclasses.  Pure: `parse()` takes text; only `load()` reads a file.
+
+Every problem is one `ConfigError` naming the key (dotted, with list indexes,
+e.g. ``pair[1].primary.slot``) and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from guestfail.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/guestfail/guestfail.toml")
+DEFAULT_STATE_DIR = "/run/guestfail"
+IFNAMSIZ = 16  # including the terminating NUL: names are at most 15 bytes
+
+BACKENDS = ("bond", "team")
+NAMINGS = ("kernel", "keep")
+MASTER_POLICIES = ("on-pair", "from-start")
+RULES = ("serial", "mac")
+FAIL_OVER_MAC = ("auto", "none", "active", "follow")
+ALL_SLAVES_ACTIVE = ("auto", "on", "off")
+HWADDR_POLICIES = ("same_all", "by_active", "only_active")
+STANDBY_KEYS = ("name", "mac", "pci", "vmbus")
+PRIMARY_KEYS = ("name", "mac", "pci", "slot", "serial")
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_PCI_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_VMBUS_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_BAD_NAME_CHARS = frozenset("/: \t\n\v\f\r\0")
+_DRIVER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def ifname_problem(name: str) -> Optional[str]:
+    """Why `name` cannot be a Linux interface name, or None if it can
+    (the kernel's dev_valid_name: 1-15 bytes, not . or .., no / : or space)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if not raw:
+        return "is empty"
+    if len(raw) >= IFNAMSIZ:
+        return f"is {len(raw)} bytes long (at most {IFNAMSIZ - 1})"
+    if name in (".", ".."):
+        return "is . or .."
+    for ch in name:
+        # the kernel's isspace() is ASCII: a non-breaking space is a legal name
+        if ch in _BAD_NAME_CHARS:
+            return f"contains {ch!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which device: exactly one of its keys is set."""
+
+    key: str  # name | mac | pci | vmbus | slot | serial
+    value: str  # normalised: MACs lowercase, serials as decimal text
+
+    def describe(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+@dataclass(frozen=True)
+class StandbySerial:
+    """The serial rule: a standby and the serial the host gave its VF."""
+
+    standby: Selector
+    serial: int
+    require_mac: bool = True
+
+
+@dataclass(frozen=True)
+class ExplicitPair:
+    label: str
+    standby: Selector
+    primary: Selector
+    master: str = ""
+    fail_over_mac: str = ""  # "" = the [bond] default
+
+
+@dataclass(frozen=True)
+class BondOptions:
+    miimon: int = 100
+    fail_over_mac: str = "auto"
+    num_peer_notif: int = 1
+    all_slaves_active: str = "auto"
+
+
+@dataclass(frozen=True)
+class TeamOptions:
+    teamd: str = "teamd"
+    hwaddr_policy: str = "same_all"
+    link_watch_delay_up: int = 0
+    link_watch_delay_down: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str = "bond"
+    naming: str = "kernel"
+    master_name: str = "gf{n}"
+    master_policy: str = "on-pair"
+    rules: tuple[str, ...] = RULES
+    standby_drivers: tuple[str, ...] = ("virtio_net", "hv_netvsc")
+    primary_drivers: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    state_dir: str = DEFAULT_STATE_DIR
+    bond: BondOptions = field(default_factory=BondOptions)
+    team: TeamOptions = field(default_factory=TeamOptions)
+    serials: tuple[StandbySerial, ...] = ()
+    pairs: tuple[ExplicitPair, ...] = ()
+    source: str = ""
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class _Reader:
+    """Takes values out of one TOML table, so leftovers are unknown keys."""
+
+    def __init__(self, table: Any, path: str, source: str) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(path, f"must be a table, not {_tname(table)}", source)
+        self.table = dict(table)
+        self.path = path
+        self.source = source
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def err(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.key(name), problem, self.source)
+
+    def take(self, name: str, typ: type, default: Any) -> Any:
+        if name not in self.table:
+            return default
+        value = self.table.pop(name)
+        # bool is an int in Python; TOML keeps them apart, so do we.
+        if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self.err(name, f"must be an integer, not {_tname(value)}")
+        if typ is not int and not isinstance(value, typ):
+            raise self.err(name, f"must be {_tname_of(typ)}, not {_tname(value)}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.take(name, str, default)
+        if value not in choices:
+            raise self.err(name, f"must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    def int_range(self, name: str, lo: int, hi: int, default: int) -> int:
+        value = int(self.take(name, int, default))
+        if not lo <= value <= hi:
+            raise self.err(name, f"must be between {lo} and {hi}, not {value}")
+        return value
+
+    def str_list(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.take(name, list, None)
+        if value is None:
+            return default
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(
+                    f"{self.key(name)}[{i}]", f"must be a string, not {_tname(item)}", self.source
+                )
+        return tuple(value)
+
+    def done(self) -> None:
+        if self.table:
+            name = sorted(self.table)[0]
+            raise self.err(name, "unknown key")
+
+
+def _tname(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _tname_of(typ: type) -> str:
+    return {str: "a string", bool: "a boolean", list: "an array", dict: "a table"}.get(
+        typ, typ.__name__
+    )
+
+
+def normalise_mac(value: str) -> Optional[str]:
+    v = value.strip().lower().replace("-", ":")
+    return v if _MAC_RE.match(v) else None
+
+
+def _selector(table: Any, path: str, source: str, keys: tuple[str, ...]) -> Selector:
+    if not isinstance(table, dict):
+        raise ConfigError(
+            path, f"must be a table like {{ {keys[0]} = ... }}, not {_tname(table)}", source
+        )
+    present = [k for k in table if k in keys]
+    unknown = [k for k in table if k not in keys]
+    if unknown:
+        raise ConfigError(
+            f"{path}.{sorted(unknown)[0]}", f"unknown key (use one of {', '.join(keys)})", source
+        )
+    if len(present) != 1:
+        raise ConfigError(path, f"needs exactly one of {', '.join(keys)}", source)
+    key = present[0]
+    value = table[key]
+    where = f"{path}.{key}"
+    if key == "serial":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+            raise ConfigError(where, "must be an integer from 0 to 4294967295", source)
+        return Selector(key, str(value))
+    if not isinstance(value, str):
+        raise ConfigError(where, f"must be a string, not {_tname(value)}", source)
+    if key == "name":
+        problem = ifname_problem(value)
+        if problem:
+            raise ConfigError(where, f"{value!r} is not an interface name: it {problem}", source)
+        return Selector(key, value)
+    if key == "mac":
+        mac = normalise_mac(value)
+        if mac is None:
+            raise ConfigError(where, f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)", source)
+        return Selector(key, mac)
+    if key == "pci":
+        v = value.lower()
+        if not _PCI_RE.match(v):
+            raise ConfigError(where, f"{value!r} is not a PCI address (0000:02:00.0)", source)
+        return Selector(key, v)
+    if key == "vmbus":
+        v = value.lower()
+        if not _VMBUS_RE.match(v):
+            raise ConfigError(where, f"{value!r} is not a VMBus device id (a GUID)", source)
+        return Selector(key, v)
+    # slot: a PCI slot name as the kernel shows it in /sys/bus/pci/slots
+    if (
+        not value
+        or "/" in value
+        or len(value) > 64
+        or not value.isprintable()
+        or value in (".", "..")
+    ):
+        raise ConfigError(where, f"{value!r} is not a PCI slot name", source)
+    return Selector(key, value)
+
+
+# ------------------------------------------------------------------ parse
+
+
+def parse(text: str, source: str = "") -> Config:
+    """Validate a TOML document into a Config, or raise one ConfigError."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"not valid TOML: {e}", source) from None
+    except (ValueError, RecursionError) as e:  # e.g. deeply nested arrays
+        raise ConfigError("", f"not valid TOML: {e}", source) from None
+
+    root = _Reader(doc, "", source)
+    agent = _Reader(root.take("agent", dict, {}), "agent", source)
+    backend = agent.choice("backend", BACKENDS, "bond")
+    naming = agent.choice("naming", NAMINGS, "kernel")
+    master_name = agent.take("master_name", str, "gf{n}")
+    _check_template(master_name, "agent.master_name", source)
+    master_policy = agent.choice("master_policy", MASTER_POLICIES, "on-pair")
+    rules = agent.str_list("match", RULES)
+    for i, r in enumerate(rules):
+        if r not in RULES:
+            raise ConfigError(
+                f"agent.match[{i}]", f"must be one of {', '.join(RULES)}, not {r!r}", source
+            )
+    if len(set(rules)) != len(rules):
+        raise ConfigError("agent.match", "lists a rule twice", source)
+    extra_sby = agent.str_list("standby_drivers", ())
+    primary_drivers = agent.str_list("primary_drivers", ())
+    for key, drivers in (("standby_drivers", extra_sby), ("primary_drivers", primary_drivers)):
+        for i, d in enumerate(drivers):
+            if not _DRIVER_RE.match(d):
+                raise ConfigError(f"agent.{key}[{i}]", f"{d!r} is not a driver name", source)
+    standby_drivers = tuple(dict.fromkeys(("virtio_net", "hv_netvsc", *extra_sby)))
+    overlap = set(standby_drivers) & set(primary_drivers)
+    if overlap:
+        raise ConfigError(
+            "agent.primary_drivers", f"{sorted(overlap)[0]} is also a standby driver", source
+        )
+    ignore = agent.str_list("ignore", ())
+    for i, item in enumerate(ignore):
+        if normalise_mac(item) is None and ifname_problem(item) and not _PCI_RE.match(item.lower()):
+            raise ConfigError(
+                f"agent.ignore[{i}]", f"{item!r} is no interface name, MAC or PCI address", source
+            )
+    ignore = tuple(normalise_mac(i) or i for i in ignore)
+    state_dir = agent.take("state_dir", str, DEFAULT_STATE_DIR)
+    if not state_dir.startswith("/"):
+        raise ConfigError("agent.state_dir", "must be an absolute path", source)
+    agent.done()
+
+    b = _Reader(root.take("bond", dict, {}), "bond", source)
+    bond = BondOptions(
+        miimon=b.int_range("miimon", 0, 10000, 100),
+        fail_over_mac=b.choice("fail_over_mac", FAIL_OVER_MAC, "auto"),
+        num_peer_notif=b.int_range("num_peer_notif", 0, 255, 1),
+        all_slaves_active=b.choice("all_slaves_active", ALL_SLAVES_ACTIVE, "auto"),
+    )
+    b.done()
+
+    t = _Reader(root.take("team", dict, {}), "team", source)
+    team = TeamOptions(
+        teamd=t.take("teamd", str, "teamd"),
+        hwaddr_policy=t.choice("hwaddr_policy", HWADDR_POLICIES, "same_all"),
+        link_watch_delay_up=t.int_range("link_watch_delay_up", 0, 60000, 0),
+        link_watch_delay_down=t.int_range("link_watch_delay_down", 0, 60000, 0),
+    )
+    t.done()
+
+    serials = []
+    raw_standbys = root.take("standby", list, [])
+    for i, entry in enumerate(raw_standbys):
+        path = f"standby[{i}]"
+        s = _Reader(entry, path, source)
+        if "match" not in s.table:
+            raise ConfigError(f"{path}.match", "is required", source)
+        sel = _selector(s.table.pop("match"), f"{path}.match", source, STANDBY_KEYS)
+        if "serial" not in s.table:
+            raise ConfigError(f"{path}.serial", "is required", source)
+        serial = s.take("serial", int, 0)
+        if not 0 <= serial < 2**32:
+            raise ConfigError(f"{path}.serial", "must be an integer from 0 to 4294967295", source)
+        require_mac = s.take("require_mac", bool, True)
+        s.done()
+        serials.append(StandbySerial(sel, serial, require_mac))
+    seen_serials: dict[int, int] = {}
+    seen_sby: dict[Selector, int] = {}
+    for i, st in enumerate(serials):
+        if st.serial in seen_serials:
+            raise ConfigError(
+                f"standby[{i}].serial",
+                f"{st.serial} is also standby[{seen_serials[st.serial]}]'s",
+                source,
+            )
+        seen_serials[st.serial] = i
+        if st.standby in seen_sby:
+            raise ConfigError(
+                f"standby[{i}].match", f"same standby as standby[{seen_sby[st.standby]}]", source
+            )
+        seen_sby[st.standby] = i
+
+    pairs = []
+    raw_pairs = root.take("pair", list, [])
+    for i, entry in enumerate(raw_pairs):
+        path = f"pair[{i}]"
+        p = _Reader(entry, path, source)
+        label = p.take("name", str, f"pair{i}")
+        if not label or not label.isprintable() or len(label) > 64:
+            raise ConfigError(f"{path}.name", "must be 1-64 printable characters", source)
+        for side in ("standby", "primary"):
+            if side not in p.table:
+                raise ConfigError(f"{path}.{side}", "is required", source)
+        sby = _selector(p.table.pop("standby"), f"{path}.standby", source, STANDBY_KEYS)
+        pri = _selector(p.table.pop("primary"), f"{path}.primary", source, PRIMARY_KEYS)
+        master = p.take("master", str, "")
+        if master:
+            problem = ifname_problem(master)
+            if problem:
+                raise ConfigError(
+                    f"{path}.master", f"{master!r} is not an interface name: it {problem}", source
+                )
+        fom = p.take("fail_over_mac", str, "")
+        if fom and fom not in FAIL_OVER_MAC:
+            raise ConfigError(
+                f"{path}.fail_over_mac", f"must be one of {', '.join(FAIL_OVER_MAC)}", source
+            )
+        p.done()
+        pairs.append(ExplicitPair(label, sby, pri, master, fom))
+    for i, a in enumerate(pairs):
+        for j in range(i):
+            b2 = pairs[j]
+            if a.label == b2.label:
+                raise ConfigError(
+                    f"pair[{i}].name", f"{a.label!r} is also pair[{j}]'s name", source
+                )
+            if a.standby == b2.standby:
+                raise ConfigError(f"pair[{i}].standby", f"same standby as pair[{j}]", source)
+            if a.master and a.master == b2.master:
+                raise ConfigError(f"pair[{i}].master", f"same master as pair[{j}]", source)
+    root.done()
+
+    return Config(
+        backend=backend,
+        naming=naming,
+        master_name=master_name,
+        master_policy=master_policy,
+        rules=rules,
+        standby_drivers=standby_drivers,
+        primary_drivers=primary_drivers,
+        ignore=ignore,
+        state_dir=state_dir,
+        bond=bond,
+        team=team,
+        serials=tuple(serials),
+        pairs=tuple(pairs),
+        source=source,
+    )
+
+
+def _check_template(template: str, key: str, source: str) -> None:
+    try:
+        sample = template.format(n=99, standby="eth0")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            key, f"bad template (placeholders are {{n}} and {{standby}}): {e}", source
+        ) from None
+    if "{n}" not in template and "{standby}" not in template:
+        raise ConfigError(key, "needs {n} or {standby} so that masters get different names", source)
+    problem = ifname_problem(sample)
+    if problem:
+        raise ConfigError(key, f"gives names like {sample!r}, which {problem}", source)
+
+
+def load(path: Optional[Path] = None) -> Config:
+    """Read and validate the config file; a missing default file means the
+    defaults (guestfail works without configuration)."""
+    explicit = path is not None
+    p = path or DEFAULT_PATH
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError("", "no such file", str(p)) from None
+        return Config(source="(defaults)")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"cannot read: {e}", str(p)) from None
+    return parse(text, str(p))

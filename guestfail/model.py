@@ -1,0 +1,177 @@
+"""What guestfail knows about the guest's links: one frozen snapshot.
+
+Built by `guestfail.discover` from netlink, sysfs and udev; everything that
+decides (`match`, `plan`, `fsm`) reads only these objects, so it runs in unit
+tests without root and without a kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# net/if.h
+IFF_UP = 0x1
+IFF_SLAVE = 0x800
+IFF_MASTER = 0x400
+IFF_RUNNING = 0x40
+IFF_LOWER_UP = 0x10000
+
+ARPHRD_ETHER = 1
+
+#: virtio-net feature bit 62: the hypervisor offers a failover standby
+VIRTIO_NET_F_STANDBY = 62
+
+#: ifalias of every master guestfail creates; what follows are key=value words.
+MARKER = "guestfail:1"
+
+
+@dataclass(frozen=True)
+class Address:
+    family: int  # socket.AF_INET / AF_INET6
+    address: str
+    prefixlen: int
+    scope: int = 0
+    flags: int = 0
+    valid_lft: Optional[int] = None  # seconds; None = forever
+    preferred_lft: Optional[int] = None
+    label: str = ""
+
+    @property
+    def link_local(self) -> bool:
+        return self.family == 10 and self.address.lower().startswith("fe80:")
+
+
+@dataclass(frozen=True)
+class Route:
+    family: int
+    dst: str  # "" = default route
+    dst_len: int
+    gateway: str = ""
+    table: int = 254
+    priority: int = 0
+    protocol: int = 0
+    scope: int = 0
+    type: int = 1
+    prefsrc: str = ""
+
+
+@dataclass(frozen=True)
+class BondState:
+    mode: int
+    active_slave: Optional[int]  # ifindex
+    primary: Optional[int]
+    miimon: int
+    fail_over_mac: int
+    primary_reselect: int
+    all_slaves_active: int = 0
+    num_peer_notif: int = 1
+
+
+@dataclass(frozen=True)
+class Link:
+    ifindex: int
+    name: str
+    kind: str = ""  # IFLA_INFO_KIND: "bond", "team", "veth", "" for hardware
+    link_type: int = ARPHRD_ETHER
+    mac: str = ""
+    perm_mac: str = ""
+    mtu: int = 1500
+    flags: int = 0
+    operstate: str = "unknown"
+    carrier: bool = False
+    master: Optional[int] = None
+    slave_kind: str = ""  # "bond" / "team" when enslaved
+    slave_state: str = ""  # "active" / "backup" for bond slaves
+    altnames: tuple[str, ...] = ()
+    ifalias: str = ""
+    # from sysfs
+    driver: str = ""  # of the device itself (virtio_net for virtio)
+    bus: str = ""  # "pci", "virtio", "vmbus", "" (virtual)
+    pci_address: str = ""  # the PCI function (for virtio: the virtio device's)
+    slot: str = ""  # PCI slot name from /sys/bus/pci/slots, if any
+    vmbus_id: str = ""
+    standby_feature: bool = False  # virtio feature bit 62 negotiated
+    is_vlan: bool = False
+    # from udev
+    udev_initialized: bool = True
+    udev: tuple[tuple[str, str], ...] = ()
+    bond: Optional[BondState] = None
+    addresses: tuple[Address, ...] = ()
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def lower_up(self) -> bool:
+        return bool(self.flags & IFF_LOWER_UP)
+
+    @property
+    def hw_mac(self) -> str:
+        """The address that identifies the hardware: the permanent one where
+        the kernel reports it, else the current one."""
+        return self.perm_mac or self.mac
+
+    def udev_prop(self, key: str) -> Optional[str]:
+        for k, v in self.udev:
+            if k == key:
+                return v
+        return None
+
+    @property
+    def marker(self) -> Optional[dict[str, str]]:
+        """The key=value words of guestfail's ifalias marker, if this link
+        carries it (a master guestfail created)."""
+        return parse_marker(self.ifalias)
+
+    def describe(self) -> str:
+        return self.name
+
+
+def parse_marker(ifalias: str) -> Optional[dict[str, str]]:
+    words = ifalias.split()
+    if not words or words[0] != MARKER:
+        return None
+    out: dict[str, str] = {}
+    for w in words[1:]:
+        k, sep, v = w.partition("=")
+        if sep:
+            out[k] = v
+    return out
+
+
+def make_marker(**fields: str) -> str:
+    return " ".join([MARKER, *(f"{k}={v}" for k, v in fields.items() if v)])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """All links at one moment, by ifindex."""
+
+    links: dict[int, Link] = field(default_factory=dict)
+    routes: tuple[tuple[int, Route], ...] = ()  # (oif, route)
+
+    def by_name(self, name: str) -> Optional[Link]:
+        for link in self.links.values():
+            if link.name == name or name in link.altnames:
+                return link
+        return None
+
+    def get(self, ifindex: Optional[int]) -> Optional[Link]:
+        return None if ifindex is None else self.links.get(ifindex)
+
+    def slaves_of(self, master: int) -> list[Link]:
+        return sorted(
+            (x for x in self.links.values() if x.master == master), key=lambda x: x.ifindex
+        )
+
+    def routes_via(self, ifindex: int) -> list[Route]:
+        return [r for oif, r in self.routes if oif == ifindex]
+
+    def names(self) -> set[str]:
+        out = set()
+        for link in self.links.values():
+            out.add(link.name)
+            out.update(link.altnames)
+        return out

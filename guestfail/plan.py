@@ -1,0 +1,335 @@
+"""From a pairing and a snapshot to the steps that build or repair its master.
+
+Pure.  `spec_for()` decides what a pair should look like (names, MAC, MTU,
+bond options); `plan_pair()` lists the steps from what is there to that, and
+nothing when it is already so.  The executor (`guestfail.apply`) runs the
+steps; the daemon then observes again and plans again, which must give no
+steps: that is the verification.
+
+Steps refer to links by ifindex, or by name for a master that does not exist
+yet; the executor resolves names when it runs the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from guestfail import naming
+from guestfail.config import Config
+from guestfail.match import Pairing, is_ours
+from guestfail.model import Address, Link, Route, Snapshot, make_marker, parse_marker
+
+Ref = Union[int, str]  # ifindex, or the name of a master being built
+
+FAIL_OVER_MAC = {"none": 0, "active": 1, "follow": 2}
+
+
+class PlanRefused(Exception):
+    """The pair cannot be built as asked (e.g. a name is taken)."""
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    key: str
+    label: str
+    master_name: str
+    standby: int
+    standby_name: str
+    primary: Optional[int]
+    primary_name: Optional[str]
+    primary_altname: Optional[str]  # the primary's old name, kept as altname
+    mac: str
+    mtu: int
+    fail_over_mac: str
+    orig_name: str  # the standby's name before guestfail renamed it
+    rule: str
+    reason: str
+
+    @property
+    def marker(self) -> str:
+        return make_marker(key=self.key, name=self.orig_name, label=self.label)
+
+
+# ------------------------------------------------------------------ steps
+
+
+@dataclass(frozen=True)
+class CreateMaster:
+    name: str
+    kind: str  # "bond" | "team"
+    mac: str
+    mtu: int
+    marker: str
+    fail_over_mac: int = 0
+
+
+@dataclass(frozen=True)
+class SetDown:
+    link: Ref
+
+
+@dataclass(frozen=True)
+class SetUp:
+    link: Ref
+
+
+@dataclass(frozen=True)
+class Rename:
+    link: Ref
+    name: str
+    keep_altname: str = ""
+
+
+@dataclass(frozen=True)
+class Enslave:
+    link: Ref
+    master: Ref
+
+
+@dataclass(frozen=True)
+class Release:
+    link: Ref
+
+
+@dataclass(frozen=True)
+class SetPrimary:
+    master: Ref
+    slave: Optional[Ref]
+
+
+@dataclass(frozen=True)
+class MoveAddresses:
+    src: Ref
+    dst: Ref
+    addresses: tuple[Address, ...]
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeleteMaster:
+    master: Ref
+
+
+Step = Union[
+    CreateMaster, SetDown, SetUp, Rename, Enslave, Release, SetPrimary, MoveAddresses, DeleteMaster
+]
+
+
+@dataclass
+class Plan:
+    spec: PairSpec
+    steps: list[Step] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ spec
+
+
+def our_masters(snap: Snapshot) -> dict[str, list[Link]]:
+    """guestfail's masters by pair key (more than one per key is a leak)."""
+    out: dict[str, list[Link]] = {}
+    for link in snap.links.values():
+        if is_ours(link):
+            m = parse_marker(link.ifalias) or {}
+            out.setdefault(m.get("key", ""), []).append(link)
+    return out
+
+
+def master_of(key: str, standby: int, snap: Snapshot) -> Optional[Link]:
+    """A pair's existing master: the one its standby is enslaved to, else the
+    one whose marker names the pair's key."""
+    sby = snap.links[standby]
+    m = snap.get(sby.master)
+    if m is not None and is_ours(m):
+        return m
+    found = our_masters(snap).get(key, [])
+    return found[0] if found else None
+
+
+def spec_for(cfg: Config, pairing: Pairing, snap: Snapshot) -> PairSpec:
+    sby = snap.links[pairing.standby]
+    prim = snap.get(pairing.primary)
+    master = master_of(pairing.key, pairing.standby, snap)
+    marker = (master.marker if master else None) or {}
+    # The standby's own name before guestfail renamed it: kept in the marker.
+    orig = marker.get("name") or sby.name
+    ep = pairing.explicit
+    taken = snap.names()
+    if ep is not None and ep.master:
+        master_name = ep.master
+        kernel_naming = False
+    elif cfg.naming == "kernel":
+        master_name = orig
+        kernel_naming = True
+    else:
+        kernel_naming = False
+        if master is not None:
+            master_name = master.name
+        else:
+            master_name = naming.master_from_template(cfg.master_name, orig, taken)
+    sby_name = naming.standby_name(orig) if kernel_naming else sby.name
+    prim_name = prim_alt = None
+    if prim is not None:
+        if kernel_naming:
+            prim_name = naming.primary_name(orig)
+            if prim.name != prim_name:
+                prim_alt = prim.name
+        else:
+            prim_name = prim.name
+
+    fom = (ep.fail_over_mac if ep and ep.fail_over_mac else "") or cfg.bond.fail_over_mac
+    if fom == "auto":
+        fom = "none" if pairing.require_same_mac else "active"
+
+    spec = PairSpec(
+        key=pairing.key,
+        label=pairing.label,
+        master_name=master_name,
+        standby=sby.ifindex,
+        standby_name=sby_name,
+        primary=prim.ifindex if prim else None,
+        primary_name=prim_name,
+        primary_altname=prim_alt,
+        mac=sby.hw_mac,
+        mtu=master.mtu if master else sby.mtu,
+        fail_over_mac=fom,
+        orig_name=orig,
+        rule=pairing.rule,
+        reason=pairing.reason,
+    )
+    _check_names(spec, snap, master)
+    return spec
+
+
+def _check_names(spec: PairSpec, snap: Snapshot, master: Optional[Link]) -> None:
+    owners = {
+        spec.standby: spec.standby_name,
+        **({spec.primary: spec.primary_name} if spec.primary else {}),
+    }
+    names_by_index = {i: {x.name, *x.altnames} for i, x in snap.links.items()}
+    mine = {
+        spec.standby,
+        *([spec.primary] if spec.primary else []),
+        *([master.ifindex] if master else []),
+    }
+    for idx, want in owners.items():
+        if want is None:
+            continue
+        holder = naming.check_free(want, idx, names_by_index)
+        if holder is not None and holder not in mine:
+            raise PlanRefused(f"the name {want} is taken by {snap.links[holder].name}")
+    holder = naming.check_free(spec.master_name, master.ifindex if master else None, names_by_index)
+    if holder is not None and holder not in mine:
+        raise PlanRefused(
+            f"the master name {spec.master_name} is taken by {snap.links[holder].name}"
+        )
+
+
+# ------------------------------------------------------------------ plan
+
+
+def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot) -> Plan:
+    """The steps from `snap` to `spec`; empty when the pair is as it should be."""
+    plan = Plan(spec)
+    steps = plan.steps
+    sby = snap.links[spec.standby]
+    prim = snap.get(spec.primary)
+    master = master_of(spec.key, spec.standby, snap)
+
+    # Names as they will be after each step, to order renames correctly.
+    if master is None:
+        tmp = naming.temp_name(sby.ifindex)
+        steps.append(
+            CreateMaster(
+                name=tmp,
+                kind=cfg.backend,
+                mac=spec.mac,
+                mtu=spec.mtu,
+                marker=spec.marker,
+                fail_over_mac=FAIL_OVER_MAC[spec.fail_over_mac],
+            )
+        )
+        mref: Ref = tmp
+        m_name, m_up = tmp, False
+    else:
+        mref = master.ifindex
+        m_name, m_up = master.name, master.up
+
+    sby_enslaved = master is not None and sby.master == master.ifindex
+    sby_up = sby.up
+    # Addresses live on the standby until it is enslaved: move them after.
+    moving = tuple(a for a in sby.addresses if not a.link_local) if not sby_enslaved else ()
+    routes = tuple(snap.routes_via(sby.ifindex)) if moving else ()
+
+    # 1. the standby gets out of the way of the master's name
+    if sby.name != spec.standby_name:
+        if sby_up:
+            steps.append(SetDown(sby.ifindex))
+            sby_up = False
+        steps.append(Rename(sby.ifindex, spec.standby_name))
+    # 2. the master takes its name
+    if m_name != spec.master_name:
+        if m_up:
+            steps.append(SetDown(mref))
+            m_up = False
+        steps.append(Rename(mref, spec.master_name))
+    # 3. the standby joins
+    if not sby_enslaved:
+        if sby.master is not None:
+            steps.append(Release(sby.ifindex))
+        if sby_up:
+            steps.append(SetDown(sby.ifindex))
+        steps.append(Enslave(sby.ifindex, mref))
+    # 4. the master comes up, the standby's addresses follow it
+    if not m_up:
+        steps.append(SetUp(mref))
+    if moving or routes:
+        steps.append(MoveAddresses(sby.ifindex, mref, moving, routes))
+
+    # 5. the primary joins
+    if prim is not None and spec.primary_name is not None:
+        p_enslaved = master is not None and prim.master == master.ifindex
+        p_up = prim.up
+        if prim.name != spec.primary_name:
+            if p_up:
+                steps.append(SetDown(prim.ifindex))
+                p_up = False
+            steps.append(Rename(prim.ifindex, spec.primary_name, spec.primary_altname or ""))
+        if not p_enslaved:
+            if prim.master is not None:
+                steps.append(Release(prim.ifindex))
+            if p_up:
+                steps.append(SetDown(prim.ifindex))
+            steps.append(Enslave(prim.ifindex, mref))
+        if cfg.backend == "bond":
+            current_primary = master.bond.primary if master is not None and master.bond else None
+            if current_primary != prim.ifindex:
+                steps.append(SetPrimary(mref, prim.ifindex))
+    elif master is not None and master.bond is not None and master.bond.primary is not None:
+        # the old primary is gone: the bond must not wait for its name again
+        still = snap.get(master.bond.primary)
+        if still is None or still.master != master.ifindex:
+            steps.append(SetPrimary(mref, None))
+
+    # 6. strays: slaves of this master that are neither standby nor primary
+    if master is not None:
+        for s in snap.slaves_of(master.ifindex):
+            if s.ifindex not in (spec.standby, spec.primary):
+                steps.append(Release(s.ifindex))
+    return plan
+
+
+def leaked_masters(snap: Snapshot, live_keys: set[str]) -> list[Link]:
+    """Masters guestfail made that serve no pair any more (their standby is
+    gone), or a second master for one pair (a crash between create and
+    enslave): these are deleted."""
+    out: list[Link] = []
+    for key, masters in our_masters(snap).items():
+        if key not in live_keys:
+            out.extend(masters)
+            continue
+        if len(masters) > 1:
+            # keep the one that has slaves, else the oldest (lowest ifindex)
+            ranked = sorted(masters, key=lambda m: (not snap.slaves_of(m.ifindex), m.ifindex))
+            out.extend(ranked[1:])
+    return out
