@@ -197,9 +197,7 @@ def _tname(value: Any) -> str:
 
 
 def _tname_of(typ: type) -> str:
-    return {str: "a string", bool: "a boolean", list: "an array", dict: "a table"}.get(
-        typ, typ.__name__
-    )
+    return {str: "a string", bool: "a boolean", list: "an array", dict: "a table"}.get(typ, typ.__name__)
 
 
 def normalise_mac(value: str) -> Optional[str]:
@@ -209,9 +207,7 @@ def normalise_mac(value: str) -> Optional[str]:
 
 def _selector(table: Any, path: str, source: str, keys: tuple[str, ...]) -> Selector:
     if not isinstance(table, dict):
-        raise ConfigError(
-            path, f"must be a table like {{ {keys[0]} = ... }}, not {_tname(table)}", source
-        )
+        raise ConfigError(path, f"must be a table like {{ {keys[0]} = ... }}, not {_tname(table)}", source)
     present = [k for k in table if k in keys]
     unknown = [k for k in table if k not in keys]
     if unknown:
@@ -250,13 +246,7 @@ def _selector(table: Any, path: str, source: str, keys: tuple[str, ...]) -> Sele
             raise ConfigError(where, f"{value!r} is not a VMBus device id (a GUID)", source)
         return Selector(key, v)
     # slot: a PCI slot name as the kernel shows it in /sys/bus/pci/slots
-    if (
-        not value
-        or "/" in value
-        or len(value) > 64
-        or not value.isprintable()
-        or value in (".", "..")
-    ):
+    if not value or "/" in value or len(value) > 64 or not value.isprintable() or value in (".", ".."):
         raise ConfigError(where, f"{value!r} is not a PCI slot name", source)
     return Selector(key, value)
 
@@ -283,9 +273,7 @@ def parse(text: str, source: str = "") -> Config:
     rules = agent.str_list("match", RULES)
     for i, r in enumerate(rules):
         if r not in RULES:
-            raise ConfigError(
-                f"agent.match[{i}]", f"must be one of {', '.join(RULES)}, not {r!r}", source
-            )
+            raise ConfigError(f"agent.match[{i}]", f"must be one of {', '.join(RULES)}, not {r!r}", source)
     if len(set(rules)) != len(rules):
         raise ConfigError("agent.match", "lists a rule twice", source)
     extra_sby = agent.str_list("standby_drivers", ())
@@ -297,9 +285,7 @@ def parse(text: str, source: str = "") -> Config:
     standby_drivers = tuple(dict.fromkeys(("virtio_net", "hv_netvsc", *extra_sby)))
     overlap = set(standby_drivers) & set(primary_drivers)
     if overlap:
-        raise ConfigError(
-            "agent.primary_drivers", f"{sorted(overlap)[0]} is also a standby driver", source
-        )
+        raise ConfigError("agent.primary_drivers", f"{sorted(overlap)[0]} is also a standby driver", source)
     ignore = agent.str_list("ignore", ())
     for i, item in enumerate(ignore):
         if normalise_mac(item) is None and ifname_problem(item) and not _PCI_RE.match(item.lower()):
@@ -384,18 +370,14 @@ def parse(text: str, source: str = "") -> Config:
                 )
         fom = p.take("fail_over_mac", str, "")
         if fom and fom not in FAIL_OVER_MAC:
-            raise ConfigError(
-                f"{path}.fail_over_mac", f"must be one of {', '.join(FAIL_OVER_MAC)}", source
-            )
+            raise ConfigError(f"{path}.fail_over_mac", f"must be one of {', '.join(FAIL_OVER_MAC)}", source)
         p.done()
         pairs.append(ExplicitPair(label, sby, pri, master, fom))
     for i, a in enumerate(pairs):
         for j in range(i):
             b2 = pairs[j]
             if a.label == b2.label:
-                raise ConfigError(
-                    f"pair[{i}].name", f"{a.label!r} is also pair[{j}]'s name", source
-                )
+                raise ConfigError(f"pair[{i}].name", f"{a.label!r} is also pair[{j}]'s name", source)
             if a.standby == b2.standby:
                 raise ConfigError(f"pair[{i}].standby", f"same standby as pair[{j}]", source)
             if a.master and a.master == b2.master:

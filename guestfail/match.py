@@ -177,9 +177,7 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
             continue
         master = snap.get(link.master)
         if master is not None and not is_ours(master):
-            res.ignored.append(
-                (link.ifindex, f"enslaved to {master.name}, which guestfail did not create")
-            )
+            res.ignored.append((link.ifindex, f"enslaved to {master.name}, which guestfail did not create"))
             continue
         if role == "primary" and not link.udev_initialized:
             res.ignored.append((link.ifindex, "udev has not finished with it yet"))
@@ -200,18 +198,14 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
     for ep in cfg.pairs:
         sbys = _select_standby(ep.standby, standbys)
         if len(sbys) > 1:
-            refuse(
-                sbys, f"pair {ep.label!r}: standby {ep.standby.describe()} matches {_names(sbys)}"
-            )
+            refuse(sbys, f"pair {ep.label!r}: standby {ep.standby.describe()} matches {_names(sbys)}")
             continue
         if not sbys:
             continue
         explicit_sby[sbys[0].ifindex] = ep
         prims = _select_primary(ep.primary, primaries)
         if len(prims) > 1:
-            refuse(
-                prims, f"pair {ep.label!r}: primary {ep.primary.describe()} matches {_names(prims)}"
-            )
+            refuse(prims, f"pair {ep.label!r}: primary {ep.primary.describe()} matches {_names(prims)}")
             continue
         if prims:
             claims[prims[0].ifindex].append((ep, sbys[0]))
@@ -261,9 +255,7 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
                 continue
             if sby.ifindex in claimed_sby:
                 other = snap.links[claimed_sby[sby.ifindex][0]]
-                refuse(
-                    [prim], f"serial {serial} names {sby.name}, already paired with {other.name}"
-                )
+                refuse([prim], f"serial {serial} names {sby.name}, already paired with {other.name}")
                 continue
             if st.require_mac and prim.hw_mac != sby.hw_mac:
                 refuse(
@@ -307,9 +299,7 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
                 continue
             prim = prims[0]
             if sby.ifindex in explicit_sby and sby.ifindex not in claimed_sby:
-                refuse(
-                    [prim], f"{sby.name} is reserved by pair {explicit_sby[sby.ifindex].label!r}"
-                )
+                refuse([prim], f"{sby.name} is reserved by pair {explicit_sby[sby.ifindex].label!r}")
                 continue
             if sby.ifindex in claimed_sby:
                 other_idx, rule = claimed_sby[sby.ifindex]

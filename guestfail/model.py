@@ -162,9 +162,7 @@ class Snapshot:
         return None if ifindex is None else self.links.get(ifindex)
 
     def slaves_of(self, master: int) -> list[Link]:
-        return sorted(
-            (x for x in self.links.values() if x.master == master), key=lambda x: x.ifindex
-        )
+        return sorted((x for x in self.links.values() if x.master == master), key=lambda x: x.ifindex)
 
     def routes_via(self, ifindex: int) -> list[Route]:
         return [r for oif, r in self.routes if oif == ifindex]

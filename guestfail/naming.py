@@ -66,9 +66,7 @@ def temp_name(ifindex: int) -> str:
     return f"gftmp{ifindex}"[:MAX]
 
 
-def check_free(
-    name: str, owner: Optional[int], names_by_index: dict[int, set[str]]
-) -> Optional[int]:
+def check_free(name: str, owner: Optional[int], names_by_index: dict[int, set[str]]) -> Optional[int]:
     """The ifindex that already holds `name` (as name or altname), unless it
     is `owner` itself; None when the name is free."""
     for idx, names in names_by_index.items():

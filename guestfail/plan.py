@@ -79,6 +79,9 @@ class Rename:
     link: Ref
     name: str
     keep_altname: str = ""
+    # links of this pair that may hold `name` as an altname (udev gives a
+    # renamed standby its old name as altname): the executor takes it back
+    reclaim_from: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,7 @@ class DeleteMaster:
     master: Ref
 
 
-Step = Union[
-    CreateMaster, SetDown, SetUp, Rename, Enslave, Release, SetPrimary, MoveAddresses, DeleteMaster
-]
+Step = Union[CreateMaster, SetDown, SetUp, Rename, Enslave, Release, SetPrimary, MoveAddresses, DeleteMaster]
 
 
 @dataclass
@@ -220,16 +221,16 @@ def _check_names(spec: PairSpec, snap: Snapshot, master: Optional[Link]) -> None
             raise PlanRefused(f"the name {want} is taken by {snap.links[holder].name}")
     holder = naming.check_free(spec.master_name, master.ifindex if master else None, names_by_index)
     if holder is not None and holder not in mine:
-        raise PlanRefused(
-            f"the master name {spec.master_name} is taken by {snap.links[holder].name}"
-        )
+        raise PlanRefused(f"the master name {spec.master_name} is taken by {snap.links[holder].name}")
 
 
 # ------------------------------------------------------------------ plan
 
 
-def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot) -> Plan:
-    """The steps from `snap` to `spec`; empty when the pair is as it should be."""
+def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False) -> Plan:
+    """The steps from `snap` to `spec`; empty when the pair is as it should be.
+    A drained pair (prepare-unplug) keeps its primary enslaved but not as the
+    bond's preferred member, so the kernel does not switch back to it."""
     plan = Plan(spec)
     steps = plan.steps
     sby = snap.links[spec.standby]
@@ -272,7 +273,8 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot) -> Plan:
         if m_up:
             steps.append(SetDown(mref))
             m_up = False
-        steps.append(Rename(mref, spec.master_name))
+        members = (spec.standby, *([spec.primary] if spec.primary is not None else []))
+        steps.append(Rename(mref, spec.master_name, reclaim_from=members))
     # 3. the standby joins
     if not sby_enslaved:
         if sby.master is not None:
@@ -303,8 +305,9 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot) -> Plan:
             steps.append(Enslave(prim.ifindex, mref))
         if cfg.backend == "bond":
             current_primary = master.bond.primary if master is not None and master.bond else None
-            if current_primary != prim.ifindex:
-                steps.append(SetPrimary(mref, prim.ifindex))
+            want_primary = None if drained else prim.ifindex
+            if current_primary != want_primary:
+                steps.append(SetPrimary(mref, want_primary))
     elif master is not None and master.bond is not None and master.bond.primary is not None:
         # the old primary is gone: the bond must not wait for its name again
         still = snap.get(master.bond.primary)

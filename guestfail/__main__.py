@@ -1,0 +1,5 @@
+import sys
+
+from guestfail.cli import main
+
+sys.exit(main())

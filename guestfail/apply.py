@@ -1,0 +1,273 @@
+"""Act: the only code that changes links.  Runs a plan's steps in order.
+
+Transient kernel refusals (EBUSY, EAGAIN) are retried a bounded number of
+times (tenacity); anything else, or the last retry, raises a `NetlinkFailure`
+naming the step.  The caller re-observes and re-plans, so a half-done plan is
+finished by the next one: every step is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Callable, Optional, Protocol, TypeVar
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from guestfail.config import Config
+from guestfail.model import Link
+from guestfail.netlink import Netlink, NetlinkFailure
+from guestfail.plan import (
+    CreateMaster,
+    DeleteMaster,
+    Enslave,
+    MoveAddresses,
+    Plan,
+    Ref,
+    Release,
+    Rename,
+    SetDown,
+    SetPrimary,
+    SetUp,
+    Step,
+)
+from guestfail.sysfs import Sysfs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT = frozenset({errno.EBUSY, errno.EAGAIN, errno.ENOBUFS, errno.EINTR})
+RETRY_ATTEMPTS = 5
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, NetlinkFailure) and exc.code in TRANSIENT
+
+
+def retrying(fn: Callable[[], T], attempts: int = RETRY_ATTEMPTS) -> T:
+    """Call fn, retrying transient kernel refusals with backoff (50 ms to 1 s)."""
+    for attempt in Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception(transient),
+        reraise=True,
+    ):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Backend(Protocol):
+    """What differs between a bond and a team master."""
+
+    kind: str
+
+    def create_master(self, step: CreateMaster) -> int: ...
+
+    def enslave(self, link: int, name: str, master: int, master_name: str) -> None: ...
+
+    def release(self, link: int, name: str, master: int, master_name: str) -> None: ...
+
+    def set_primary(self, master: int, master_name: str, slave: Optional[int], slave_name: str) -> None: ...
+
+    def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None: ...
+
+    def active(self, master: int) -> Optional[int]: ...
+
+    def delete_master(self, master: int, master_name: str) -> None: ...
+
+
+class BondBackend:
+    """An active-backup bond, configured over netlink (sysfs where pyroute2
+    has no mapping)."""
+
+    kind = "bond"
+
+    def __init__(self, cfg: Config, netlink: Netlink, sysfs: Sysfs) -> None:
+        self.cfg = cfg
+        self.nl = netlink
+        self.sysfs = sysfs
+
+    def create_master(self, step: CreateMaster) -> int:
+        opts = self.cfg.bond
+        idx = self.nl.create_bond(
+            step.name,
+            step.mac,
+            step.mtu,
+            miimon=opts.miimon,
+            fail_over_mac=step.fail_over_mac,
+            num_peer_notif=opts.num_peer_notif,
+            all_slaves_active=1 if opts.all_slaves_active == "on" else 0,
+        )
+        self.nl.set_ifalias(idx, step.name, step.marker)
+        # The first notification after a switch goes out at once; later ones
+        # (num_peer_notif > 1) one per miimon tick.  0 = miimon's default.
+        try:
+            self.sysfs.set_bonding_option(step.name, "peer_notif_delay", "0")
+        except OSError as e:  # kernels before 5.7 have no such option
+            log.debug("peer_notif_delay not set on %s: %s", step.name, e)
+        return idx
+
+    def enslave(self, link: int, name: str, master: int, master_name: str) -> None:
+        self.nl.set_master(link, name, master, master_name)
+
+    def release(self, link: int, name: str, master: int, master_name: str) -> None:
+        self.nl.set_master(link, name, 0, master_name)
+
+    def set_primary(self, master: int, master_name: str, slave: Optional[int], slave_name: str) -> None:
+        what = (
+            f"make {slave_name} the primary of {master_name}"
+            if slave
+            else f"clear the primary of {master_name}"
+        )
+        self.nl.set_bond(master, what, bond_primary=slave or 0)
+
+    def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None:
+        self.nl.set_bond(master, f"make {slave_name} active in {master_name}", bond_active_slave=slave)
+
+    def active(self, master: int) -> Optional[int]:
+        link = self.nl.get_link(master)
+        return link.bond.active_slave if link is not None and link.bond is not None else None
+
+    def delete_master(self, master: int, master_name: str) -> None:
+        self.nl.delete_link(master, master_name)
+
+
+class Executor:
+    def __init__(self, netlink: Netlink, backend: Backend) -> None:
+        self.nl = netlink
+        self.backend = backend
+
+    def run(self, plan: Plan, links: dict[int, Link]) -> None:
+        self.run_steps(plan.spec.master_name, plan.steps, links)
+
+    def run_steps(self, label: str, steps: list[Step], links: dict[int, Link]) -> None:
+        names = {idx: link.name for idx, link in links.items()}
+        masters: dict[str, int] = {}
+
+        def ref(r: Ref) -> int:
+            if isinstance(r, int):
+                return r
+            if r in masters:
+                return masters[r]
+            idx = self.nl.lookup(r)
+            if idx is None:
+                raise NetlinkFailure(f"find {r}", errno.ENODEV)
+            masters[r] = idx
+            names[idx] = r
+            return idx
+
+        def name(idx: int) -> str:
+            return names.get(idx, str(idx))
+
+        def known(r: Ref) -> str:
+            if isinstance(r, int):
+                return name(r)
+            return name(masters[r]) if r in masters else r
+
+        for step in steps:
+            log.info("%s: %s", label, describe(step, known))
+            retrying(lambda s=step: self._one(s, ref, name, names, masters))  # type: ignore[misc]
+
+    def _reclaim(self, step: Rename) -> bool:
+        """Take `step.name` back from a member that holds it as an altname."""
+        holder = self.nl.holder_of(step.name)
+        if holder is None or holder.ifindex not in step.reclaim_from or step.name not in holder.altnames:
+            return False
+        log.info("taking %s back from %s, which has it as an altname", step.name, holder.name)
+        self.nl.del_altname(holder.ifindex, holder.name, step.name)
+        return True
+
+    def _one(
+        self,
+        step: Step,
+        ref: Callable[[Ref], int],
+        name: Callable[[int], str],
+        names: dict[int, str],
+        masters: dict[str, int],
+    ) -> None:
+        if isinstance(step, CreateMaster):
+            existing = self.nl.lookup(step.name)
+            idx = existing if existing is not None else self.backend.create_master(step)
+            masters[step.name] = idx
+            names[idx] = step.name
+        elif isinstance(step, SetDown):
+            i = ref(step.link)
+            self.nl.set_state(i, name(i), up=False)
+        elif isinstance(step, SetUp):
+            i = ref(step.link)
+            self.nl.set_state(i, name(i), up=True)
+        elif isinstance(step, Rename):
+            i = ref(step.link)
+            old = name(i)
+            try:
+                self.nl.set_name(i, old, step.name)
+            except NetlinkFailure as e:
+                if e.code != errno.EEXIST or not self._reclaim(step):
+                    raise
+                self.nl.set_name(i, old, step.name)
+            names[i] = step.name
+            if i in masters.values():
+                masters[step.name] = i
+            if step.keep_altname:
+                try:
+                    self.nl.add_altname(i, step.name, step.keep_altname)
+                except NetlinkFailure as e:
+                    # udev may have given it that altname already (its
+                    # AlternativeNamesPolicy); altnames need Linux 5.5; a name
+                    # is never worth failing a pair over
+                    holder = self.nl.holder_of(step.keep_altname) if e.code == errno.EEXIST else None
+                    if holder is None or holder.ifindex != i:
+                        log.warning("%s", e)
+        elif isinstance(step, Enslave):
+            i, m = ref(step.link), ref(step.master)
+            self.backend.enslave(i, name(i), m, name(m))
+        elif isinstance(step, Release):
+            i = ref(step.link)
+            current = self.nl.get_link(i)
+            if current is not None and current.master:
+                self.backend.release(i, name(i), current.master, name(current.master))
+        elif isinstance(step, SetPrimary):
+            m = ref(step.master)
+            s = ref(step.slave) if step.slave is not None else None
+            self.backend.set_primary(m, name(m), s, name(s) if s else "")
+        elif isinstance(step, MoveAddresses):
+            src, dst = ref(step.src), ref(step.dst)
+            for a in step.addresses:
+                self.nl.add_address(dst, name(dst), a)
+            for r in step.routes:
+                self.nl.add_route(dst, name(dst), r)
+            for a in step.addresses:
+                self.nl.del_address(src, name(src), a)
+        elif isinstance(step, DeleteMaster):
+            m = ref(step.master)
+            self.backend.delete_master(m, name(m))
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown step {step!r}")
+
+
+def describe(step: Step, name: Callable[[Ref], str]) -> str:
+    def n(r: Optional[Ref]) -> str:
+        return "-" if r is None else name(r)
+
+    if isinstance(step, CreateMaster):
+        return f"create {step.kind} {step.name} (MAC {step.mac}, MTU {step.mtu})"
+    if isinstance(step, SetDown):
+        return f"set {n(step.link)} down"
+    if isinstance(step, SetUp):
+        return f"set {n(step.link)} up"
+    if isinstance(step, Rename):
+        alt = f", keeping {step.keep_altname} as altname" if step.keep_altname else ""
+        return f"rename {n(step.link)} to {step.name}{alt}"
+    if isinstance(step, Enslave):
+        return f"enslave {n(step.link)} to {n(step.master)}"
+    if isinstance(step, Release):
+        return f"release {n(step.link)}"
+    if isinstance(step, SetPrimary):
+        return f"primary of {n(step.master)}: {n(step.slave)}"
+    if isinstance(step, MoveAddresses):
+        addrs = ", ".join(f"{a.address}/{a.prefixlen}" for a in step.addresses) or "no addresses"
+        return f"move {addrs} and {len(step.routes)} routes from {n(step.src)} to {n(step.dst)}"
+    if isinstance(step, DeleteMaster):
+        return f"delete {n(step.master)}"
+    return repr(step)  # pragma: no cover

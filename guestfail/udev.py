@@ -1,0 +1,114 @@
+"""udev: device properties and processed net events (pyudev).
+
+Events come from udev's own netlink group ("udev" source), so a device is only
+reported after udev has run its rules on it: renamed, marked unmanaged.  This
+is how guestfail gives udev the time netvsc grants it with VF_TAKEOVER_INT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+#: properties guestfail keeps in its snapshot (and shows in status)
+KEPT = (
+    "ID_NET_DRIVER",
+    "ID_NET_NAME",
+    "ID_NET_NAME_SLOT",
+    "ID_NET_NAME_PATH",
+    "ID_NET_MANAGED_BY",
+    "NM_UNMANAGED",
+    "GUESTFAIL_MEMBER",
+    "ID_RENAMING",
+)
+
+
+class UdevLost(Exception):
+    """udev's event socket overflowed: resync."""
+
+
+@dataclass(frozen=True)
+class UdevEvent:
+    action: str
+    name: str
+    ifindex: int
+    t_ns: int
+
+
+@dataclass(frozen=True)
+class UdevInfo:
+    initialized: bool
+    properties: tuple[tuple[str, str], ...]
+
+
+class Udev:
+    def __init__(self) -> None:
+        import pyudev
+
+        self._pyudev = pyudev
+        self.context = pyudev.Context()
+        self.monitor: Any = None
+
+    def info(self, ifname: str) -> UdevInfo:
+        try:
+            dev = self._pyudev.Devices.from_name(self.context, "net", ifname)
+        except self._pyudev.DeviceNotFoundError:
+            return UdevInfo(False, ())
+        props = tuple((k, str(dev.properties[k])) for k in KEPT if k in dev.properties)
+        initialized = bool(dev.is_initialized) and ("ID_RENAMING", "1") not in props
+        return UdevInfo(initialized, props)
+
+    def start_monitor(self) -> int:
+        mon = self._pyudev.Monitor.from_netlink(self.context, source="udev")
+        mon.filter_by("net")
+        try:
+            mon.set_receive_buffer_size(4 << 20)
+        except (OSError, ValueError) as e:  # needs privileges; the default is smaller
+            log.debug("udev receive buffer left as is: %s", e)
+        mon.start()
+        self.monitor = mon
+        return int(mon.fileno())
+
+    def read(self, now_ns: Any) -> list[UdevEvent]:
+        out: list[UdevEvent] = []
+        while True:
+            try:
+                dev: Optional[Any] = self.monitor.poll(timeout=0)
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    raise UdevLost("udev monitor overrun") from None
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return out
+                raise
+            if dev is None:
+                return out
+            try:
+                ifindex = int(dev.properties.get("IFINDEX", "0"))
+            except ValueError:
+                ifindex = 0
+            out.append(UdevEvent(str(dev.action or ""), str(dev.sys_name), ifindex, now_ns()))
+
+    def close(self) -> None:
+        self.monitor = None
+
+
+def write_claims(directory: Path, macs: Iterable[str], slots: Iterable[str]) -> None:
+    """One empty file per MAC (``02:00:00:00:00:11``) and per configured serial
+    (``slot-5001``) guestfail may pair: the udev rule tests for
+    ``claims/$attr{address}`` and ``claims/slot-<slot>``.  Stale files go."""
+    directory.mkdir(parents=True, exist_ok=True)
+    want = {m for m in macs if m} | {f"slot-{s}" for s in slots}
+    have = set(os.listdir(directory))
+    for name in have - want:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    for name in want - have:
+        (directory / name).touch()
