@@ -324,13 +324,15 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
     res.pairings.extend(sorted(decided.values(), key=lambda p: p.standby))
 
     # Standbys without a primary now: served if guestfail already has a master
-    # for them, or the policy says to build masters from the start.
+    # for them (enslaved, or named in a master's marker after an interrupted
+    # setup), or the policy says to build masters from the start.
+    our_keys = {(x.marker or {}).get("key") for x in snap.links.values() if is_ours(x)}
     for sby in standbys:
         if sby.ifindex in claimed_sby:
             continue
         sby_ep = explicit_sby.get(sby.ifindex)
         master = snap.get(sby.master)
-        if is_ours(master) or cfg.master_policy == "from-start":
+        if is_ours(master) or standby_key(sby) in our_keys or cfg.master_policy == "from-start":
             res.pairings.append(
                 Pairing(
                     standby_key(sby),

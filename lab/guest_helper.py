@@ -155,9 +155,7 @@ def netlink_socket() -> socket.socket:
     return s
 
 
-def wait_until(
-    check: Callable[[], tuple[bool, Any]], timeout: float, wake: list[int]
-) -> dict[str, Any]:
+def wait_until(check: Callable[[], tuple[bool, Any]], timeout: float, wake: list[int]) -> dict[str, Any]:
     """Re-run `check` whenever one of the `wake` fds is readable (drained)."""
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()
@@ -300,9 +298,7 @@ class Helper:
             self.notify_msgs[key] = []
             env["NOTIFY_SOCKET"] = path
         log = open(r["log"], "ab") if r.get("log") else subprocess.DEVNULL  # noqa: SIM115
-        p = subprocess.Popen(
-            r["argv"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        p = subprocess.Popen(r["argv"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[key] = p
         return {"pid": p.pid}
 
@@ -373,6 +369,38 @@ class Helper:
             if ready:
                 msgs.append(sock.recv(4096).decode(errors="replace"))
 
+    def op_netlink_dump(self, r: dict[str, Any]) -> dict[str, Any]:
+        """The raw bytes of an RTM_GETLINK (16+2) or RTM_GETADDR dump, base64:
+        recorded once, replayed in unit tests through pyroute2's parser."""
+        import base64
+
+        kind = {"link": 18, "addr": 22, "route": 26}[r.get("what", "link")]
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            s.bind((0, 0))
+            body = (
+                struct.pack("=BxHiII", 0, 0, 0, 0, 0) if kind == 18 else struct.pack("=BBBBI", 0, 0, 0, 0, 0)
+            )
+            if kind == 26:
+                body = struct.pack("=BBBBBBBBI", 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            hdr = struct.pack("=LHHLL", 16 + len(body), kind, 0x301, 1, 0)
+            s.send(hdr + body)
+            chunks = []
+            while True:
+                data = s.recv(1 << 20)
+                chunks.append(data)
+                off, done = 0, False
+                while off + 16 <= len(data):
+                    ln, typ = struct.unpack_from("=LH", data, off)
+                    if typ == 3:  # NLMSG_DONE
+                        done = True
+                    off += (ln + 3) & ~3
+                if done:
+                    break
+        finally:
+            s.close()
+        return {"b64": base64.b64encode(b"".join(chunks)).decode()}
+
     def op_write_file(self, r: dict[str, Any]) -> dict[str, Any]:
         os.makedirs(os.path.dirname(r["path"]) or "/", exist_ok=True)
         with open(r["path"], "w") as f:
@@ -442,10 +470,8 @@ class Helper:
     def op_poweroff(self, r: dict[str, Any]) -> dict[str, Any]:
         for p in self.procs.values():
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         self.done.set()
         return {}
 

@@ -63,8 +63,7 @@ def guest_kernel() -> str:
     found = sorted(glob.glob("/boot/vmlinuz-*-amd64"))
     if not found:
         raise LabError(
-            "no guest kernel: install Debian's linux-image-amd64 (.ci/run does) "
-            "or set GUESTFAIL_LAB_KERNEL"
+            "no guest kernel: install Debian's linux-image-amd64 (.ci/run does) or set GUESTFAIL_LAB_KERNEL"
         )
     return found[-1]
 
@@ -252,9 +251,8 @@ class Lab:
             raise LabError(f"QEMU did not connect to QMP: {self.console_tail()}")
         await accepted
         self._qmp_task = asyncio.ensure_future(self._qmp_listen())
-        done, _ = await asyncio.wait(
-            {exited, self._ready}, timeout=BOOT_TIMEOUT, return_when="FIRST_COMPLETED"
-        )
+        waiting: set[asyncio.Future[Any]] = {exited, self._ready}
+        done, _ = await asyncio.wait(waiting, timeout=BOOT_TIMEOUT, return_when="FIRST_COMPLETED")
         if self._ready not in done:
             raise LabError(
                 f"guest not ready after {time.monotonic() - t0:.0f} s "
@@ -262,20 +260,19 @@ class Lab:
             )
         self.guest_info = self._ready.result()
         self.boot_seconds = time.monotonic() - t0
-        log.info(
-            "guest ready in %.1f s (kernel %s)", self.boot_seconds, self.guest_info.get("kernel")
-        )
+        log.info("guest ready in %.1f s (kernel %s)", self.boot_seconds, self.guest_info.get("kernel"))
 
     async def _qmp_listen(self) -> None:
         from qemu.qmp import EventListener
 
         listener = EventListener()
         with self._qmp.listen(listener):
-            async for ev in listener:
+            async for msg in listener:
+                ev: dict[str, Any] = dict(msg)
                 assert self._event_cond is not None
                 async with self._event_cond:
                     self.qmp_events.append(
-                        QmpEvent(time.monotonic_ns(), ev["event"], dict(ev.get("data", {})))
+                        QmpEvent(time.monotonic_ns(), str(ev["event"]), dict(ev.get("data") or {}))
                     )
                     self._event_cond.notify_all()
 
@@ -317,9 +314,7 @@ class Lab:
             ctl.pending.pop(rid, None)
             raise LabError(f"guest did not answer {op} within {timeout:.0f} s") from None
         if "error" in reply:
-            raise GuestError(
-                f"{op} failed in the guest: {reply['error']}\n{reply.get('trace', '')}"
-            )
+            raise GuestError(f"{op} failed in the guest: {reply['error']}\n{reply.get('trace', '')}")
         return reply
 
     def request(self, op: str, timeout: float = 60, **kw: Any) -> dict[str, Any]:
@@ -359,13 +354,10 @@ class Lab:
         return int(r["pid"])
 
     def wait_notify(self, key: str, contains: str = "READY=1", timeout: float = 60) -> list[str]:
-        r = self.request(
-            "wait_notify", timeout=timeout + 5, key=key, contains=contains, timeout_=timeout
-        )
+        r = self.request("wait_notify", timeout=timeout + 5, key=key, contains=contains, timeout_=timeout)
         if not r["ok"]:
             raise LabError(
-                f"{key} sent no {contains!r} within {timeout} s (got {r['messages']}): "
-                f"{self.log_tail(key)}"
+                f"{key} sent no {contains!r} within {timeout} s (got {r['messages']}): {self.log_tail(key)}"
             )
         return list(r["messages"])
 
@@ -393,22 +385,16 @@ class Lab:
         c = self.request("read_file", path=path)["content"]
         return None if c is None else str(c)
 
-    def wait_net(
-        self, clauses: list[dict[str, Any]], timeout: float = 30, what: str = ""
-    ) -> dict[str, Any]:
+    def wait_net(self, clauses: list[dict[str, Any]], timeout: float = 30, what: str = "") -> dict[str, Any]:
         """Wait until every clause holds in the guest; clauses are
         {"link": name, "attr": exists|carrier|master|active_slave|operstate|..., "eq"|"ne": v}."""
         r = self.request("wait_net", timeout=timeout + 5, clauses=clauses, timeout_=timeout)
         if not r["ok"]:
-            raise LabError(
-                f"timed out after {timeout} s waiting for {what or clauses}: saw {r['seen']}"
-            )
+            raise LabError(f"timed out after {timeout} s waiting for {what or clauses}: saw {r['seen']}")
         return r
 
     def wait_file(self, path: str, contains: str = "", timeout: float = 30) -> None:
-        r = self.request(
-            "wait_file", timeout=timeout + 5, path=path, contains=contains, timeout_=timeout
-        )
+        r = self.request("wait_file", timeout=timeout + 5, path=path, contains=contains, timeout_=timeout)
         if not r["ok"]:
             raise LabError(f"timed out waiting for {path} to contain {contains!r}")
 
@@ -476,19 +462,13 @@ class Lab:
     def set_link(self, nic_id: str, up: bool) -> None:
         self.qmp("set_link", {"name": nic_id, "up": up})
 
-    def wait_qmp_event(
-        self, name: str, pred: Any = None, after_ns: int = 0, timeout: float = 30
-    ) -> QmpEvent:
+    def wait_qmp_event(self, name: str, pred: Any = None, after_ns: int = 0, timeout: float = 30) -> QmpEvent:
         async def waiter() -> QmpEvent:
             assert self._event_cond is not None
             async with self._event_cond:
                 while True:
                     for ev in self.qmp_events:
-                        if (
-                            ev.t_ns >= after_ns
-                            and ev.name == name
-                            and (pred is None or pred(ev.data))
-                        ):
+                        if ev.t_ns >= after_ns and ev.name == name and (pred is None or pred(ev.data)):
                             return ev
                     await self._event_cond.wait()
 

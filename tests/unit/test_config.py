@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from guestfail import config
+from guestfail.config import parse
+from guestfail.errors import ConfigError
+
+FULL = """
+[agent]
+backend = "team"
+naming = "keep"
+master_name = "uplink{n}"
+master_policy = "from-start"
+match = ["mac"]
+standby_drivers = ["xen_netfront"]
+primary_drivers = ["mlx5_core", "e1000"]
+ignore = ["eth9", "02:AA:BB:CC:DD:EE", "0000:00:03.0"]
+state_dir = "/run/gf-test"
+
+[bond]
+miimon = 50
+fail_over_mac = "active"
+num_peer_notif = 3
+all_slaves_active = "on"
+
+[team]
+hwaddr_policy = "by_active"
+
+[[standby]]
+match = { name = "eth1" }
+serial = 5001
+
+[[standby]]
+match = { mac = "02-00-00-00-00-22" }
+serial = 7
+require_mac = false
+
+[[pair]]
+name = "storage"
+standby = { pci = "0000:01:00.0" }
+primary = { slot = "0-2" }
+master = "storage0"
+fail_over_mac = "none"
+"""
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "DEFAULT_PATH", tmp_path / "absent.toml")
+    cfg = config.load()
+    assert cfg.backend == "bond"
+    assert cfg.naming == "kernel"
+    assert cfg.rules == ("serial", "mac")
+    assert cfg.standby_drivers == ("virtio_net", "hv_netvsc")
+    assert cfg.bond.miimon == 100
+    assert cfg.source == "(defaults)"
+
+
+def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_full_config() -> None:
+    cfg = parse(FULL, "full.toml")
+    assert cfg.backend == "team"
+    assert cfg.master_name == "uplink{n}"
+    assert cfg.rules == ("mac",)
+    assert cfg.standby_drivers == ("virtio_net", "hv_netvsc", "xen_netfront")
+    assert cfg.ignore == ("eth9", "02:aa:bb:cc:dd:ee", "0000:00:03.0")
+    assert cfg.bond.fail_over_mac == "active"
+    assert cfg.bond.all_slaves_active == "on"
+    assert cfg.team.hwaddr_policy == "by_active"
+    assert [(s.standby.key, s.standby.value, s.serial, s.require_mac) for s in cfg.serials] == [
+        ("name", "eth1", 5001, True),
+        ("mac", "02:00:00:00:00:22", 7, False),
+    ]
+    (p,) = cfg.pairs
+    assert (p.label, p.standby.value, p.primary.key, p.primary.value, p.master) == (
+        "storage",
+        "0000:01:00.0",
+        "slot",
+        "0-2",
+        "storage0",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[agent]\nbackend = 'ovs'", "agent.backend", "must be one of bond, team"),
+        ("[agent]\nbackned = 'bond'", "agent.backned", "unknown key"),
+        ("[agnet]\n", "agnet", "unknown key"),
+        ("[bond]\nmiimon = -1", "bond.miimon", "between 0 and 10000"),
+        ("[bond]\nmiimon = true", "bond.miimon", "must be an integer, not a boolean"),
+        ("[bond]\nmiimon = '100'", "bond.miimon", "must be an integer, not a string"),
+        ("[agent]\nmatch = ['mac', 'mac']", "agent.match", "twice"),
+        ("[agent]\nmatch = ['colour']", "agent.match[0]", "must be one of serial, mac"),
+        ("[agent]\nignore = [1]", "agent.ignore[0]", "must be a string"),
+        ("[agent]\nstate_dir = 'run/x'", "agent.state_dir", "absolute"),
+        ("[agent]\nmaster_name = 'bond'", "agent.master_name", "needs {n} or {standby}"),
+        ("[agent]\nmaster_name = '{x}'", "agent.master_name", "bad template"),
+        ("[agent]\nmaster_name = 'averyveryverylong{n}'", "agent.master_name", "bytes long"),
+        ("[agent]\nprimary_drivers = ['virtio_net']", "agent.primary_drivers", "also a standby driver"),
+        ("[agent]\nprimary_drivers = ['bad driver']", "agent.primary_drivers[0]", "not a driver name"),
+        ("[[standby]]\nserial = 1", "standby[0].match", "is required"),
+        ("[[standby]]\nmatch = { name = 'eth1' }", "standby[0].serial", "is required"),
+        (
+            "[[standby]]\nmatch = { name = 'eth1', mac = '02:00:00:00:00:01' }\nserial = 1",
+            "standby[0].match",
+            "exactly one",
+        ),
+        ("[[standby]]\nmatch = { nam = 'eth1' }\nserial = 1", "standby[0].match.nam", "unknown key"),
+        ("[[standby]]\nmatch = { mac = 'zz' }\nserial = 1", "standby[0].match.mac", "not a MAC address"),
+        ("[[standby]]\nmatch = { name = 'a/b' }\nserial = 1", "standby[0].match.name", "contains '/'"),
+        (
+            "[[standby]]\nmatch = { name = 'sixteen-chars-xx' }\nserial = 1",
+            "standby[0].match.name",
+            "16 bytes",
+        ),
+        ("[[standby]]\nmatch = { name = 'a' }\nserial = -1", "standby[0].serial", "0 to 4294967295"),
+        (
+            "[[standby]]\nmatch = { name = 'a' }\nserial = 1\n"
+            "[[standby]]\nmatch = { name = 'b' }\nserial = 1",
+            "standby[1].serial",
+            "also standby[0]'s",
+        ),
+        ("[[pair]]\nstandby = { name = 'a' }", "pair[0].primary", "is required"),
+        (
+            "[[pair]]\nstandby = { name = 'a' }\nprimary = { vmbus = 'x' }",
+            "pair[0].primary.vmbus",
+            "unknown key",
+        ),
+        (
+            "[[pair]]\nstandby = { pci = '1:2:3' }\nprimary = { slot = '1' }",
+            "pair[0].standby.pci",
+            "PCI address",
+        ),
+        (
+            "[[pair]]\nstandby = { name = 'a' }\nprimary = { serial = 'x' }",
+            "pair[0].primary.serial",
+            "integer",
+        ),
+        (
+            "[[pair]]\nstandby = { name = 'a' }\nprimary = { slot = '1' }\n"
+            "[[pair]]\nstandby = { name = 'a' }\nprimary = { slot = '2' }",
+            "pair[1].standby",
+            "same standby as pair[0]",
+        ),
+        (
+            "[[pair]]\nstandby = { name = 'a' }\nprimary = { slot = '1' }\nmaster = 'a b'",
+            "pair[0].master",
+            "' '",
+        ),
+        ("pair = 3", "pair", "must be an array"),
+        ("[agent]\nbackend = ", "", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(text: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text, "g.toml")
+    e = info.value
+    assert e.key == key
+    assert problem in e.problem
+    msg = str(e)
+    assert "\n" not in msg
+    assert msg.startswith("g.toml: ")
+    if key:
+        assert f"{key}: " in msg
+
+
+def test_names_with_odd_but_legal_characters() -> None:
+    # the kernel allows any byte but / : NUL and ASCII whitespace
+    cfg = parse('[[pair]]\nstandby = { name = "ét-0\u00a0x" }\nprimary = { mac = "02:00:00:00:00:01" }')
+    assert cfg.pairs[0].standby.value == "ét-0\u00a0x"
+    assert config.ifname_problem("a" * 15) is None
+    assert config.ifname_problem("é" * 8) == "is 16 bytes long (at most 15)"
+    assert config.ifname_problem("..") == "is . or .."
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_any_text_loads_or_fails_with_one_line(text: str) -> None:
+    try:
+        parse(text)
+    except ConfigError as e:
+        assert "\n" not in str(e)
+
+
+_value = st.recursive(
+    st.one_of(st.integers(-5, 70000), st.booleans(), st.text(max_size=20), st.floats(allow_nan=False)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["name", "mac", "serial", "slot", "x"]), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+_tables = st.dictionaries(
+    st.sampled_from(["agent", "bond", "team", "standby", "pair", "other"]),
+    st.one_of(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "backend",
+                    "naming",
+                    "miimon",
+                    "match",
+                    "ignore",
+                    "master_name",
+                    "serial",
+                    "standby",
+                    "primary",
+                    "x",
+                ]
+            ),
+            _value,
+            max_size=4,
+        ),
+        st.lists(
+            st.dictionaries(
+                st.sampled_from(["match", "serial", "standby", "primary", "name", "master"]),
+                _value,
+                max_size=4,
+            ),
+            max_size=3,
+        ),
+    ),
+    max_size=4,
+)
+
+
+def _tv(v: object) -> str:
+    """A TOML rendering of a Python value (inline tables for dicts)."""
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if isinstance(v, int) else json.dumps(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_tv(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_tv(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def _toml(doc: dict) -> str:  # type: ignore[type-arg]
+    return "\n".join(f"{k} = {_tv(v)}" for k, v in doc.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tables)
+def test_structured_garbage_loads_or_fails_with_one_line(doc: dict) -> None:  # type: ignore[type-arg]
+    text = _toml(doc)
+    try:
+        parse(text)
+    except ConfigError as e:
+        assert "\n" not in str(e)
