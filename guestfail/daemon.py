@@ -34,7 +34,7 @@ from guestfail.apply import BondBackend, Executor, retrying
 from guestfail.config import Config
 from guestfail.discover import observe
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
-from guestfail.match import MatchResult, match
+from guestfail.match import MatchResult, claims, match
 from guestfail.model import Link, Snapshot
 from guestfail.netlink import EventsLost, LinkEvent, LinkMonitor, Netlink, NetlinkFailure
 from guestfail.notify import notify
@@ -472,18 +472,10 @@ class Daemon:
             log.error("could not delete %s: %s", m.name, e)
 
     def _write_claims(self, snap: Snapshot, result: MatchResult) -> None:
-        """Tell the udev rules which devices guestfail will take (by MAC and,
-        from the config's serials, by slot), so they are marked unmanaged in
-        the very event that announces them."""
-        macs = set()
-        for p in result.pairings:
-            macs.add(snap.links[p.standby].hw_mac)
-        for u in result.unpaired:
-            if u.role == "standby":
-                macs.add(snap.links[u.link].hw_mac)
-        slots = {str(s.serial) for s in self.cfg.serials}
+        """Tell the udev rule which devices guestfail will take, so they are
+        marked unmanaged in the very event that announces them."""
         try:
-            write_claims(self.state_dir / "claims", macs, slots)
+            write_claims(self.state_dir / "claims", claims(self.cfg, snap, result, self.sysfs.pci_slots()))
         except OSError as e:
             log.warning("cannot write udev claims: %s", e)
 

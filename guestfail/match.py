@@ -349,3 +349,32 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
             res.unpaired.append(Unpaired(sby.ifindex, "standby", "no primary yet"))
     res.pairings.sort(key=lambda p: p.standby)
     return res
+
+
+def claims(cfg: Config, snap: Snapshot, result: MatchResult, slots: dict[str, str]) -> set[str]:
+    """What the udev rule may mark before the device appears: the MAC of every
+    standby guestfail serves or may serve, and the PCI functions of the slots
+    the config ties to a standby (by serial or slot) or names outright.
+    `slots` maps a PCI device address (0000:02:00) to its slot name."""
+    out: set[str] = set()
+    for p in result.pairings:
+        out.add(snap.links[p.standby].hw_mac)
+    for u in result.unpaired:
+        if u.role == "standby":
+            out.add(snap.links[u.link].hw_mac)
+    wanted_serials = {s.serial for s in cfg.serials}
+    wanted_slots = set()
+    for ep in cfg.pairs:
+        if ep.primary.key == "serial":
+            wanted_serials.add(int(ep.primary.value))
+        elif ep.primary.key == "slot":
+            wanted_slots.add(ep.primary.value)
+        elif ep.primary.key == "mac":
+            out.add(ep.primary.value)
+        elif ep.primary.key == "pci":
+            out.add(f"pci-{ep.primary.value}")
+    for address, slot in slots.items():
+        if slot in wanted_slots or slot_serial(slot) in wanted_serials:
+            out.update(f"pci-{address}.{fn}" for fn in range(8))
+    out.discard("")
+    return out

@@ -100,12 +100,12 @@ class Udev:
         self.monitor = None
 
 
-def write_claims(directory: Path, macs: Iterable[str], slots: Iterable[str]) -> None:
-    """One empty file per MAC (``02:00:00:00:00:11``) and per configured serial
-    (``slot-5001``) guestfail may pair: the udev rule tests for
-    ``claims/$attr{address}`` and ``claims/slot-<slot>``.  Stale files go."""
+def write_claims(directory: Path, names: Iterable[str]) -> None:
+    """One empty file per claim: a MAC (``02:00:00:00:00:11``) or a PCI
+    function (``pci-0000:02:00.0``).  The udev rule tests for
+    ``claims/$attr{address}`` and ``claims/pci-$id``.  Stale files go."""
     directory.mkdir(parents=True, exist_ok=True)
-    want = {m for m in macs if m} | {f"slot-{s}" for s in slots}
+    want = set(names)
     have = set(os.listdir(directory))
     for name in have - want:
         with contextlib.suppress(FileNotFoundError):

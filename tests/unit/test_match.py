@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from guestfail.config import Config, parse
-from guestfail.match import Pairing, match, slot_serial, standby_key
+from guestfail.match import Pairing, claims, match, slot_serial, standby_key
 from guestfail.model import BondState, Link, Snapshot, make_marker
 
 from .conftest import link, vf, virtio
@@ -189,3 +189,14 @@ def test_from_start_serves_standbys_without_primaries() -> None:
     assert pairs(r) == [(2, None, "")]
     r = match(Config(), snap(virtio(2, "s", M1)))
     assert pairs(r) == []
+
+
+def test_claims_for_the_udev_rule() -> None:
+    cfg = parse(
+        '[[standby]]\nmatch = { name = "s2" }\nserial = 5001\n'
+        '[[pair]]\nstandby = { name = "s3" }\nprimary = { pci = "0000:0a:00.1" }'
+    )
+    s = snap(virtio(2, "s1", M1), virtio(3, "s2", M2), virtio(4, "s3", "02:00:00:00:00:33"), vf(5, "v", M1))
+    result = match(cfg, s)
+    got = claims(cfg, s, result, {"0000:02:00": "5001", "0000:03:00": "12"})
+    assert got == {M1, M2, "02:00:00:00:00:33", "pci-0000:0a:00.1"} | {f"pci-0000:02:00.{f}" for f in range(8)}
