@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from guestfail import __version__
 from guestfail import config as config_mod
-from guestfail.errors import Exit, GuestfailError, SystemRefused, UsageError
+from guestfail.errors import Exit, GuestfailError, NotFound, SystemRefused, UsageError
 
 log = logging.getLogger("guestfail")
 
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
     sub.add_parser("rescan", help="make the daemon observe and reconcile now")
+
+    rel = sub.add_parser(
+        "release",
+        help="dissolve pairs: delete the master, give the standby its name and addresses back",
+    )
+    rel.add_argument("pairs", nargs="*", metavar="PAIR", help="masters to release (default: with --all)")
+    rel.add_argument("--all", action="store_true", help="release every master guestfail built")
+    rel.add_argument("--force", action="store_true", help="even while the daemon runs (it would pair again)")
     return p
 
 
@@ -123,6 +131,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return daemon.run(cfg, use_dbus=not args.no_dbus)
     if args.command == "status":
         return cmd_status(cfg, args)
+    if args.command == "release":
+        return cmd_release(cfg, args)
     return cmd_call(args)
 
 
@@ -152,6 +162,43 @@ def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     else:
         print(status.render(doc))
     return status.exit_code(doc)
+
+
+def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """What the package runs on removal: the plain setup comes back."""
+    from guestfail import dbus_api, status
+    from guestfail.apply import BondBackend, Executor
+    from guestfail.discover import observe
+    from guestfail.match import is_ours
+    from guestfail.netlink import Netlink
+    from guestfail.plan import plan_release
+    from guestfail.state import STATE_FILE, read
+    from guestfail.sysfs import Sysfs
+
+    if not args.all and not args.pairs:
+        raise UsageError("name the pairs to release, or use --all")
+    if not args.force:
+        doc = read(Path(cfg.state_dir) / STATE_FILE) or {}
+        if dbus_api.call_status() is not None or status.pid_alive(doc.get("daemon", {}).get("pid")):
+            raise SystemRefused("the daemon is running and would pair again: stop guestfail.service first")
+    nl = Netlink()
+    try:
+        sysfs = Sysfs()
+        snap = observe(nl, sysfs, None)
+        masters = [x for x in snap.links.values() if is_ours(x)]
+        if args.pairs:
+            named = {x.name: x for x in masters}
+            missing = [p for p in args.pairs if p not in named]
+            if missing:
+                raise NotFound(f"no master guestfail built is called {missing[0]!r}")
+            masters = [named[p] for p in args.pairs]
+        executor = Executor(nl, BondBackend(cfg, nl, sysfs))
+        for m in masters:
+            executor.run_steps(m.name, plan_release(m, snap), snap.links)
+            print(f"released {m.name}")
+    finally:
+        nl.close()
+    return Exit.OK
 
 
 def cmd_call(args: argparse.Namespace) -> int:

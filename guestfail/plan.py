@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 from guestfail import naming
 from guestfail.config import Config
-from guestfail.match import Pairing, is_ours
+from guestfail.match import Pairing, is_ours, standby_key
 from guestfail.model import Address, Link, Route, Snapshot, make_marker, parse_marker
 
 Ref = Union[int, str]  # ifindex, or the name of a master being built
@@ -336,3 +336,28 @@ def leaked_masters(snap: Snapshot, live_keys: set[str]) -> list[Link]:
             ranked = sorted(masters, key=lambda m: (not snap.slaves_of(m.ifindex), m.ifindex))
             out.extend(ranked[1:])
     return out
+
+
+def plan_release(master: Link, snap: Snapshot) -> list[Step]:
+    """Undo a pair: the master goes, the standby gets its name and the
+    master's addresses and routes back, the primary its old name (kept as an
+    altname).  The inverse of what plan_pair built."""
+    marker = parse_marker(master.ifalias) or {}
+    slaves = snap.slaves_of(master.ifindex)
+    sby_key = marker.get("key", "")
+    standby = next((s for s in slaves if standby_key(s) == sby_key), None)
+    steps: list[Step] = [DeleteMaster(master.ifindex)]
+    if standby is None:
+        return steps
+    orig = marker.get("name") or standby.name
+    if standby.name != orig:
+        steps.append(Rename(standby.ifindex, orig, reclaim_from=(standby.ifindex,)))
+    steps.append(SetUp(standby.ifindex))
+    moving = tuple(a for a in master.addresses if not a.link_local)
+    routes = tuple(snap.routes_via(master.ifindex))
+    if moving or routes:
+        steps.append(MoveAddresses(master.ifindex, standby.ifindex, moving, routes))
+    for s in slaves:
+        if s.ifindex != standby.ifindex and s.altnames and s.name.endswith(naming.PRIMARY_SUFFIX):
+            steps.append(Rename(s.ifindex, s.altnames[0], reclaim_from=(s.ifindex,)))
+    return steps

@@ -65,7 +65,7 @@ def live_document(cfg: Config, snap: Snapshot) -> dict[str, Any]:
     )
 
 
-def _pid_alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -111,7 +111,7 @@ def gather(
         doc = state.read(path)
         if doc is not None:
             doc["source"] = "state-file"
-            doc.setdefault("daemon", {})["running"] = _pid_alive(doc.get("daemon", {}).get("pid"))
+            doc.setdefault("daemon", {})["running"] = pid_alive(doc.get("daemon", {}).get("pid"))
             doc["state_file"] = str(path)
             with contextlib.suppress(OSError):
                 doc["state_file_age_s"] = round(time.time() - os.stat(path).st_mtime, 1)

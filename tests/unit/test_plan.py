@@ -9,6 +9,7 @@ from guestfail.match import match, standby_key
 from guestfail.model import Address, BondState, Link, Route, Snapshot, make_marker
 from guestfail.plan import (
     CreateMaster,
+    DeleteMaster,
     Enslave,
     MoveAddresses,
     PlanRefused,
@@ -18,6 +19,7 @@ from guestfail.plan import (
     SetPrimary,
     SetUp,
     leaked_masters,
+    plan_release,
     plan_pair,
     spec_for,
 )
@@ -172,3 +174,25 @@ def test_leaked_masters() -> None:
     s = snap(sby, bond(5, "ens11", active=2), bond(6, "gftmp2", up=False))
     assert [m.ifindex for m in leaked_masters(s, {key})] == [6]
     assert sorted(m.ifindex for m in leaked_masters(s, set())) == [5, 6]
+
+
+def test_release_restores_the_plain_setup() -> None:
+    master = Link(**{**bond(5, "ens11", active=3, primary=3).__dict__, "addresses": (ADDR, LL)})
+    s = snap(
+        sby_link(name="ens11nsby", master=5),
+        vf(3, "ens11npf", M1, master=5, altnames=("ens5001",)),
+        master,
+        routes=((5, ROUTE),),
+    )
+    assert plan_release(master, s) == [
+        DeleteMaster(5),
+        Rename(2, "ens11", reclaim_from=(2,)),
+        SetUp(2),
+        MoveAddresses(5, 2, (ADDR,), (ROUTE,)),
+        Rename(3, "ens5001", reclaim_from=(3,)),
+    ]
+
+
+def test_release_of_an_empty_master_only_deletes_it() -> None:
+    m = bond(6, "gftmp2", up=False)
+    assert plan_release(m, snap(m)) == [DeleteMaster(6)]
