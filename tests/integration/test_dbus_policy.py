@@ -53,6 +53,8 @@ ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 TIMEOUT = 30.0
 
+pytestmark = pytest.mark.netns
+
 # ---------------------------------------------------------------- helpers
 
 
