@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,28 @@ def need_tool(name: str, package: str) -> str:
 def need_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
+
+
+def need_overlay() -> None:
+    """Skip unless this process may make a private mount namespace and mount
+    overlayfs in it (root, and a kernel and container that allow it)."""
+    need_root()
+    need_tool("unshare", "util-linux")
+    need_tool("mount", "mount")
+    with tempfile.TemporaryDirectory() as d:
+        lower1, lower2, target = (Path(d) / n for n in ("l1", "l2", "t"))
+        for p in (lower1, lower2, target):
+            p.mkdir()
+        mount = ["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower1}:{lower2}", str(target)]
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", *mount],
+            capture_output=True,
+            text=True,
+            env=system_env(),
+            check=False,
+        )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount overlayfs in a private mount namespace: {proc.stderr.strip()}")
 
 
 def need_debian_python(*modules: str) -> None:

@@ -38,7 +38,7 @@ from tests.integration.conftest import (
     SYSTEM_PATH,
     guestfail_cli,
     need_debian_python,
-    need_root,
+    need_overlay,
     need_tool,
     run,
     system_env,
@@ -362,10 +362,7 @@ def _script(path: Path, body: str) -> None:
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Harness:
-    need_root()
-    need_tool("unshare", "util-linux")
-    if shutil.which("mount", path=SYSTEM_PATH) is None:
-        pytest.skip("mount is missing")
+    need_overlay()
     return Harness(tmp_path)
 
 

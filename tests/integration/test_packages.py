@@ -24,7 +24,7 @@ import pytest
 from guestfail import __version__
 from tests.integration.conftest import (
     PACKAGING,
-    need_root,
+    need_overlay,
     need_tool,
     run,
     system_env,
@@ -184,8 +184,7 @@ os.execvp(argv[0], argv)
 def as_installed(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     """Run `argv` with the package's files laid over /usr and /etc, in a
     private mount namespace."""
-    need_root()
-    need_tool("unshare", "util-linux")
+    need_overlay()
     cmd = ["unshare", "--mount", "--propagation", "private", "--"]
     return run([*cmd, sys.executable, "-c", OVERLAY_RUN, str(stage), *argv], env=system_env(), check=False)
 
