@@ -134,10 +134,11 @@ OPTION_RE = re.compile(r"(?<![\w-])--?[a-z][a-z-]*")
 
 
 def cli_options(parser: argparse.ArgumentParser) -> dict[str, str | None]:
-    """Option string -> metavar (None for flags), from the parser itself."""
+    """Option string -> metavar (None for flags), from the parser itself;
+    options hidden from --help are not expected in the man page either."""
     out: dict[str, str | None] = {}
     for a in parser._actions:
-        if not a.option_strings:
+        if not a.option_strings or a.help == argparse.SUPPRESS:
             continue
         metavar = None
         if a.nargs != 0:
