@@ -53,33 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (default {config_mod.DEFAULT_PATH}; defaults apply if it is missing)",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (twice: debug)")
+    # --config is accepted after the command as well ("guestfail check-config --config x")
+    after = _Parser(add_help=False)
+    after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    run = sub.add_parser("run", help="run the daemon (what guestfail.service starts)")
+    run = sub.add_parser("run", parents=[after], help="run the daemon (what guestfail.service starts)")
     run.add_argument("--no-dbus", action="store_true", help="do not offer the D-Bus API")
 
-    st = sub.add_parser("status", help="show pairs, refusals and unpaired devices (no root needed)")
+    st = sub.add_parser(
+        "status", parents=[after], help="show pairs, refusals and unpaired devices (no root needed)"
+    )
     st.add_argument("--json", action="store_true", help="print the status document as JSON")
     st.add_argument("--no-dbus", action="store_true", help="do not ask the daemon; read its state file")
 
-    sub.add_parser("check-config", help="validate the configuration and exit")
+    sub.add_parser("check-config", parents=[after], help="validate the configuration and exit")
 
-    sw = sub.add_parser("switch", help="make a pair's standby or primary the active member")
+    sw = sub.add_parser("switch", parents=[after], help="make a pair's standby or primary the active member")
     sw.add_argument("pair", help="the pair: its master's name or its label")
     sw.add_argument("member", help="'standby', 'primary', or a member's name")
 
     pu = sub.add_parser(
         "prepare-unplug",
+        parents=[after],
         help="move a pair to its standby and return when the VF can be removed without loss",
     )
     pu.add_argument("primary", help="the VF, or its pair's master or label")
     pu.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
-    sub.add_parser("rescan", help="make the daemon observe and reconcile now")
+    sub.add_parser("rescan", parents=[after], help="make the daemon observe and reconcile now")
 
     rel = sub.add_parser(
         "release",
+        parents=[after],
         help="dissolve pairs: delete the master, give the standby its name and addresses back",
     )
     rel.add_argument("pairs", nargs="*", metavar="PAIR", help="masters to release (default: with --all)")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
+from guestfail import config as config_mod
 from guestfail.apply import BondBackend, Executor, retrying
 from guestfail.config import Config
 from guestfail.discover import observe
@@ -132,7 +133,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.request_reconcile("SIGHUP"))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         # Subscribe before the first dump, so nothing falls between them.
         self._monitor = LinkMonitor()
         loop.add_reader(self._monitor.fileno(), self._on_netlink)
@@ -166,6 +167,24 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP (systemctl reload): read the configuration again.  A bad
+        file is reported and the running configuration kept."""
+        path = None if self.cfg.source in ("", "(defaults)") else Path(self.cfg.source)
+        try:
+            new = config_mod.load(path)
+        except GuestfailError as e:
+            log.error("%s; keeping the running configuration", e)
+            return
+        if (new.backend, new.state_dir) != (self.cfg.backend, self.cfg.state_dir):
+            log.error("agent.backend and agent.state_dir change only with a restart; configuration kept")
+            return
+        self.cfg = new
+        for backend in (self._fast_backend, self._slow_backend):
+            backend.cfg = new
+        log.info("configuration reloaded from %s", new.source)
+        self.request_reconcile("configuration reloaded")
 
     async def _wait_reconciled(self) -> None:
         await self._reconciled.wait()
@@ -280,10 +299,12 @@ class Daemon:
             task.add_done_callback(self._tasks.discard)
 
     def _kernel_active(self, rec: PairRecord, active: Optional[int], t_ns: int) -> None:
+        """The bond reported its active member (netlink).  While guestfail's
+        own request is in flight the switch task records the outcome."""
         old = rec.active
         rec.active = active
-        if rec.key in self._switching:
-            return  # our own switch in flight: it records itself
+        if rec.in_call or old == active:
+            return
         latency = (t_ns - rec.pending_since_ns) / 1e6 if rec.pending_since_ns is not None else None
         why = rec.pending_why or "the bond reselected"
         self._record(rec, old, active, why, latency, "kernel")
@@ -318,15 +339,20 @@ class Daemon:
         self._write_state()
 
     async def _switch(self, rec: PairRecord) -> None:
+        """Set the member the facts call for, and record who made the switch:
+        guestfail when its request did it, the kernel when the bond got there
+        first (its miimon, or releasing a removed slave)."""
         loop = asyncio.get_running_loop()
         try:
             while True:
-                d = rec.decision
-                if d is None or not d.switch or rec.master is None:
+                d = decide(self._facts(rec))
+                rec.decision = d
+                if not d.switch or rec.master is None or rec.error:
                     return
                 target, master, frm = d.want_active, rec.master, rec.active
                 names = rec.names()
                 failure: Optional[NetlinkFailure] = None
+                rec.in_call = True
                 try:
                     rec.active = await loop.run_in_executor(
                         self._fast,
@@ -337,15 +363,15 @@ class Daemon:
                         names.get(target, ""),
                     )
                 except NetlinkFailure as e:
-                    # The kernel may have switched by itself meanwhile (the bond
-                    # releasing a removed slave, miimon): its event updated
-                    # rec.active.
-                    failure = e
+                    failure = e  # the kernel's events kept rec.active current meanwhile
+                finally:
+                    rec.in_call = False
                 t1 = now_ns()
                 if rec.active == target:
-                    t0 = rec.pending_since_ns or t1
-                    by = "guestfail" if failure is None else "kernel"
-                    self._record(rec, frm, target, rec.pending_why or d.why, (t1 - t0) / 1e6, by)
+                    if frm != target:
+                        t0 = rec.pending_since_ns or t1
+                        by = "guestfail" if failure is None else "kernel"
+                        self._record(rec, frm, target, rec.pending_why or d.why, (t1 - t0) / 1e6, by)
                     rec.pending_since_ns = None
                     rec.pending_why = ""
                 elif failure is not None:
@@ -359,7 +385,6 @@ class Daemon:
                         log.error("%s", failure)
                         self.request_reconcile(f"switch failed: {failure}")
                     return
-                rec.decision = decide(self._facts(rec))
         finally:
             self._switching.discard(rec.key)
 
@@ -505,7 +530,7 @@ class Daemon:
             rec.primary_name = prim.name if prim else ""
             rec.primary_carrier = bool(prim and prim.lower_up and prim.up)
             rec.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
-            if rec.key not in self._switching:
+            if not rec.in_call:
                 rec.active = out.active.get(p.key)
         for key in old_keys - seen:
             rec = self.pairs.pop(key)
@@ -572,18 +597,18 @@ class Daemon:
         names = rec.names()
         master, sby = rec.master, rec.standby
         rec.pending_since_ns, rec.pending_why = t0, "prepare-unplug"
-        self._switching.add(rec.key)
+        frm = rec.active
+
+        def drain() -> Optional[int]:
+            if self.cfg.backend == "bond":
+                self._fast_backend.set_primary(master, names.get(master, ""), None, "")
+            return self._set_active_sync(master, names.get(master, ""), sby, names.get(sby, ""))
+
+        rec.in_call = True
         try:
-            frm = rec.active
-
-            def drain() -> Optional[int]:
-                if self.cfg.backend == "bond":
-                    self._fast_backend.set_primary(master, names.get(master, ""), None, "")
-                return self._set_active_sync(master, names.get(master, ""), sby, names.get(sby, ""))
-
             confirmed = await asyncio.wait_for(loop.run_in_executor(self._fast, drain), timeout)
         finally:
-            self._switching.discard(rec.key)
+            rec.in_call = False
         rec.active = confirmed
         if confirmed != sby:
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")

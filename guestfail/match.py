@@ -124,9 +124,12 @@ def classify(link: Link, cfg: Config, snap: Snapshot) -> tuple[Optional[str], st
     return "primary", f"PCI NIC, driver {link.driver}"
 
 
-def _select_standby(sel: Selector, links: list[Link]) -> list[Link]:
+def _select_standby(sel: Selector, links: list[Link], orig: Optional[dict[int, str]] = None) -> list[Link]:
+    """`orig`: the names standbys had before guestfail renamed them (kept in
+    their master's marker), which name selectors in the config still mean."""
     if sel.key == "name":
-        return [x for x in links if x.name == sel.value or sel.value in x.altnames]
+        was = orig or {}
+        return [x for x in links if sel.value in (x.name, was.get(x.ifindex), *x.altnames)]
     if sel.key == "mac":
         return [x for x in links if x.hw_mac == sel.value]
     if sel.key == "pci":
@@ -184,6 +187,13 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
             continue
         (standbys if role == "standby" else primaries).append(link)
 
+    orig: dict[int, str] = {}
+    for sby in standbys:
+        m = snap.get(sby.master)
+        if m is not None and is_ours(m):
+            name = (m.marker or {}).get("name")
+            if name:
+                orig[sby.ifindex] = name
     claimed_sby: dict[int, tuple[int, str]] = {}  # standby -> (primary, rule)
     decided: dict[int, Pairing] = {}  # primary -> pairing
     refused: set[int] = set()
@@ -196,7 +206,7 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
     # 1. explicit pairs
     claims: dict[int, list[tuple[ExplicitPair, Link]]] = defaultdict(list)
     for ep in cfg.pairs:
-        sbys = _select_standby(ep.standby, standbys)
+        sbys = _select_standby(ep.standby, standbys, orig)
         if len(sbys) > 1:
             refuse(sbys, f"pair {ep.label!r}: standby {ep.standby.describe()} matches {_names(sbys)}")
             continue
@@ -237,7 +247,7 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
             st = by_serial.get(serial) if serial is not None else None
             if st is None:
                 continue
-            sbys = _select_standby(st.standby, standbys)
+            sbys = _select_standby(st.standby, standbys, orig)
             if len(sbys) != 1:
                 if len(sbys) > 1:
                     refuse(

@@ -7,7 +7,7 @@ master; the standby becomes ``<name>nsby`` and the primary ``<name>npf``.
 Linux names are at most 15 *bytes*.  When ``<name><suffix>`` would be longer,
 the name is cut to ``15 - len(suffix) - 4`` bytes (never inside a UTF-8
 character) and four hex digits of the CRC-32 of the whole name are put
-before the suffix: ``enp0s31f6longer`` -> ``enp0s31`` + ``1c2b`` + ``nsby``.
+before the suffix: ``enp0s31f6longer`` -> ``enp0s31`` + ``1b3c`` + ``nsby``.
 The result is the same on every run and differs for names that share a prefix.
 """
 

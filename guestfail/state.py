@@ -64,6 +64,8 @@ class PairRecord:
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
+    # guestfail's own request to switch is in flight
+    in_call: bool = False
     # when the last event that may lead to a switch arrived (monotonic ns)
     pending_since_ns: Optional[int] = None
     pending_why: str = ""
@@ -107,7 +109,7 @@ class PairRecord:
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def overall(pairs: list[dict[str, Any]], refusals: list[Any]) -> str:

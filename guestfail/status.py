@@ -134,7 +134,7 @@ def exit_code(doc: dict[str, Any]) -> Exit:
 
 
 def _short_time(iso: str) -> str:
-    return iso[11:23] if len(iso) >= 23 else iso
+    return iso[11:23] if len(iso) >= 23 else iso  # HH:MM:SS.mmm
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -126,9 +126,7 @@ def netdev_arg(nic: Nic, backend: Backend) -> str:
     )
 
 
-def device_props(
-    topo: Topology, nic: Nic, port: Optional[str] = None, mac: str = ""
-) -> dict[str, object]:
+def device_props(topo: Topology, nic: Nic, port: Optional[str] = None, mac: str = "") -> dict[str, object]:
     """The properties of a NIC device, for `-device` or QMP `device_add`."""
     props: dict[str, object] = {
         "driver": nic.qemu_model,
@@ -161,10 +159,7 @@ def root_port_address(index: int) -> tuple[int, int]:
 def root_port_arg(index: int, port: Port) -> str:
     dev, fn = root_port_address(index)
     mf = ",multifunction=on" if fn == 0 else ""
-    return (
-        f"pcie-root-port,id={port.id},chassis={index + 1},slot={port.slot},"
-        f"addr=0x{dev:x}.0x{fn:x}{mf}"
-    )
+    return f"pcie-root-port,id={port.id},chassis={index + 1},slot={port.slot},addr=0x{dev:x}.0x{fn:x}{mf}"
 
 
 def qemu_args(

@@ -199,6 +199,12 @@ class Lab:
             str(self.topo.cpus),
             "--rwdir",
             str(self.workdir),
+            # the guest's own writable /etc and /var (tmpfs over the host's):
+            # configs, network managers' state
+            "--overlay-rwdir",
+            "/etc",
+            "--overlay-rwdir",
+            "/var",
             "--script-sh",
             shlex.join(helper),
         ]

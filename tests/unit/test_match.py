@@ -199,4 +199,14 @@ def test_claims_for_the_udev_rule() -> None:
     s = snap(virtio(2, "s1", M1), virtio(3, "s2", M2), virtio(4, "s3", "02:00:00:00:00:33"), vf(5, "v", M1))
     result = match(cfg, s)
     got = claims(cfg, s, result, {"0000:02:00": "5001", "0000:03:00": "12"})
-    assert got == {M1, M2, "02:00:00:00:00:33", "pci-0000:0a:00.1"} | {f"pci-0000:02:00.{f}" for f in range(8)}
+    slot_5001 = {f"pci-0000:02:00.{f}" for f in range(8)}
+    assert got == {M1, M2, "02:00:00:00:00:33", "pci-0000:0a:00.1"} | slot_5001
+
+
+def test_name_selectors_still_mean_a_renamed_standby() -> None:
+    # after pairing, "s2" is the master's name; the standby is s2nsby
+    cfg = parse('[[standby]]\nmatch = { name = "s2" }\nserial = 5001')
+    sby2 = virtio(3, "s2nsby", M1, master=9)
+    master = link(9, "s2", kind="bond", mac=M1, ifalias=make_marker(key=standby_key(sby2), name="s2"))
+    r = match(cfg, snap(virtio(2, "s1", M1), sby2, master, vf(4, "s2npf", M1, slot="5001", master=9)))
+    assert pairs(r) == [(3, 4, "serial")]

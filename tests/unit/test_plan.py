@@ -19,8 +19,8 @@ from guestfail.plan import (
     SetPrimary,
     SetUp,
     leaked_masters,
-    plan_release,
     plan_pair,
+    plan_release,
     spec_for,
 )
 

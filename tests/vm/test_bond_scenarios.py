@@ -1,0 +1,211 @@
+"""The lab's scenarios with the bond backend (issue 2's list): each boots a
+guest, and asserts on the guest kernel (ip, sysfs, udev) and the peer."""
+
+from __future__ import annotations
+
+import time
+
+from lab import topology
+from lab.topology import SBY_MAC
+
+from .helpers import Guest, replies_on, stream_start, stream_stop
+
+SERIAL_CONFIG = """
+[[standby]]
+match = {{ name = "{name}" }}
+serial = 5001
+"""
+
+
+def paired(g: Guest) -> tuple[str, str, str]:
+    """Set the standby up with an address, start the agent, plug the VF and
+    wait until the kernel has the VF active.  Returns (master, standby, vf)."""
+    sby = g.setup_standby()
+    g.start_agent()
+    g.lab.plug("vf0")
+    master, nsby, npf = sby, f"{sby}nsby", f"{sby}npf"
+    g.wait_active(master, npf)
+    return master, nsby, npf
+
+
+def test_hotplugged_vf_is_paired_under_a_bond_and_carries_traffic(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    sby = g.lab.ifname("sb0")
+    stream = stream_start(g.lab)
+    g.setup_standby()
+    g.start_agent()
+    replies_on(g.lab, stream, "sb0", 20)  # the standby carries the traffic before
+    vf_kernel_name = g.lab.plug("vf0")
+    g.wait_active(sby, f"{sby}npf")
+
+    master = g.link(sby)
+    assert master["linkinfo"]["info_kind"] == "bond"
+    data = master["linkinfo"]["info_data"]
+    assert (data["mode"], data["primary"], data["primary_reselect"]) == (
+        "active-backup",
+        f"{sby}npf",
+        "always",
+    )
+    assert data["miimon"] == 100
+    assert master["address"] == SBY_MAC  # the standby's identity
+    assert master["ifalias"].startswith("guestfail:1 ")
+    assert [a["local"] for a in master["addr_info"] if a["family"] == "inet"] == ["192.0.2.2"]
+    nsby, npf = g.link(f"{sby}nsby"), g.link(f"{sby}npf")
+    for member in (nsby, npf):
+        assert member["master"] == sby
+        assert "SLAVE" in member["flags"]
+        assert not [a for a in member.get("addr_info", []) if a["family"] == "inet"]
+    assert vf_kernel_name in npf.get("altnames", [])
+    routes = g.lab.run("ip", "-j", "route", "show", "198.51.100.0/24").out
+    assert f'"dev":"{sby}"' in routes.replace(" ", "")
+
+    # the udev marks that keep network managers away
+    for name in (f"{sby}nsby", f"{sby}npf"):
+        props = g.udev(name)
+        assert props.get("NM_UNMANAGED") == "1", name
+        assert props.get("ID_NET_MANAGED_BY") == "io.github.guestfail1", name
+
+    # the peer now gets the replies over the VF's path
+    replies_on(g.lab, stream, "vf0", 100)
+    report = stream_stop(g.lab, stream)
+    assert report.replies_per_path.get("vf0", 0) >= 100
+
+    (pair,) = g.status()["pairs"]
+    assert (pair["master"], pair["state"], pair["active"], pair["rule"]) == (
+        sby,
+        "healthy",
+        f"{sby}npf",
+        "mac",
+    )
+
+
+def test_vf_carrier_loss_moves_traffic_to_the_standby_and_back(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    master, nsby, npf = paired(g)
+    stream = stream_start(g.lab)
+    replies_on(g.lab, stream, "vf0", 50)
+
+    g.lab.set_link("vf0", up=False)
+    g.wait_active(master, nsby)
+    replies_on(g.lab, stream, "sb0", 100)
+    assert g.link(npf)["operstate"] == "DOWN"
+
+    g.lab.set_link("vf0", up=True)
+    g.wait_active(master, npf)
+    replies_on(g.lab, stream, "vf0", 100)
+    stream_stop(g.lab, stream)
+
+    (pair,) = g.status()["pairs"]
+    assert pair["state"] == "healthy"
+    moves = [(s["from"], s["to"]) for s in pair["history"]]
+    assert (npf, nsby) in moves and moves[-1] == (nsby, npf)
+    lost_carrier = next(s for s in pair["history"] if s["to"] == nsby)
+    assert "lost carrier" in lost_carrier["reason"]
+    assert lost_carrier["latency_ms"] is not None and lost_carrier["latency_ms"] >= 0
+
+
+def test_unplug_keeps_config_and_replug_elsewhere_pairs_again(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    master, nsby, npf = paired(g)
+    stream = stream_start(g.lab)
+    replies_on(g.lab, stream, "vf0", 50)
+
+    g.lab.unplug("vf0")
+    g.wait_active(master, nsby)
+    replies_on(g.lab, stream, "sb0", 100)
+    m = g.link(master)
+    assert [a["local"] for a in m["addr_info"] if a["family"] == "inet"] == ["192.0.2.2"]
+    assert g.lab.run("ip", "-j", "link", "show", npf, check=False).rc != 0
+    (pair,) = g.status()["pairs"]
+    assert (pair["state"], pair["phase"], pair["primary"]) == ("degraded", "standby-only", None)
+
+    new_kernel_name = g.lab.plug("vf0", port="p3")  # another slot, another PCI address
+    g.wait_active(master, npf)
+    assert new_kernel_name in g.link(npf).get("altnames", [])
+    replies_on(g.lab, stream, "vf0", 100)
+    stream_stop(g.lab, stream)
+    assert len([x for x in g.links().values() if x.get("linkinfo", {}).get("info_kind") == "bond"]) == 1
+
+
+def test_serial_ties_the_vf_to_the_second_of_two_standbys_with_one_mac(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.serial_pair())
+    sb0, sb1 = g.lab.ifname("sb0"), g.lab.ifname("sb1")
+    assert g.lab.run("cat", "/sys/bus/pci/slots/5001/address").out.strip()
+
+    # without the serial the MAC is ambiguous: refused, nothing built
+    first = g.start_agent("")
+    vf_name = g.lab.plug("vf0")
+    g.lab.wait_file("/run/guestfail/state.json", contains=f'"{vf_name}"')
+    doc = g.status()
+    assert doc["pairs"] == []
+    assert any(vf_name in r["links"] and "2 standbys" in r["reason"] for r in doc["refusals"]), doc
+    assert doc["health"] == "degraded"
+    g.kill_agent(first, "SIGTERM")
+
+    g.start_agent(SERIAL_CONFIG.format(name=sb1))
+    g.wait_active(sb1, f"{sb1}npf")
+    (pair,) = g.status()["pairs"]
+    assert (pair["master"], pair["rule"]) == (sb1, "serial")
+    assert "slot 5001" in pair["reason"]
+    assert g.link(sb0).get("linkinfo") is None  # the other standby is untouched
+    assert "master" not in g.link(sb0)
+
+
+def test_qemu_failover_is_left_to_the_kernel(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic(qemu_failover=True))
+    g.lab.plug("vf0", wait=False)
+    g.lab.wait_nic("vf0")
+    before = {n: (e.get("master"), e.get("linkinfo", {}).get("info_kind")) for n, e in g.links().items()}
+    g.start_agent()
+    doc = g.status()
+    assert doc["pairs"] == []
+    (km,) = doc["kernel_managed"]
+    assert km["kind"] == "net_failover"
+    assert sorted(km["members"]) == sorted(n for n, e in g.links().items() if e.get("master") == km["master"])
+    after = {n: (e.get("master"), e.get("linkinfo", {}).get("info_kind")) for n, e in g.links().items()}
+    assert after == before
+    assert "kernel-managed (left alone):" in g.guestfail("status", "--no-dbus").out
+
+
+def test_agent_killed_and_restarted_adopts_its_master(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    master, _nsby, npf = paired(g)
+    ifindex = g.link(master)["ifindex"]
+    stream = stream_start(g.lab)
+    replies_on(g.lab, stream, "vf0", 50)
+    t0 = time.monotonic_ns()
+    assert g.kill_agent("agent1") == -9
+    g.start_agent()
+    t1 = time.monotonic_ns()
+    replies_on(g.lab, stream, "vf0", 100)
+    report = stream_stop(g.lab, stream)
+    bonds = [n for n, e in g.links().items() if e.get("linkinfo", {}).get("info_kind") == "bond"]
+    assert bonds == [master]
+    assert g.link(master)["ifindex"] == ifindex
+    assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == npf
+    # the kernel kept forwarding while the agent was away: nothing lost
+    assert report.window(t0, t1).lost == 0
+    assert report.lost == 0
+    assert g.status()["pairs"][0]["state"] == "healthy"
+
+
+def test_vf_present_before_the_agent_starts_is_paired_at_start(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic(vf_at_boot=True))
+    sby = g.setup_standby()
+    g.lab.run("udevadm", "settle")  # the VF is there and udev is done with it
+    g.start_agent()
+    # READY=1 comes after the first reconciliation: paired already, no waiting
+    assert g.link(sby)["linkinfo"]["info_data"]["active_slave"] == f"{sby}npf"
+    (pair,) = g.status()["pairs"]
+    assert pair["primary"] == f"{sby}npf"
+
+
+def test_out_of_scope_links_are_never_touched(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    before = g.out_of_scope()
+    paired(g)
+    g.lab.set_link("vf0", up=False)
+    g.lab.unplug("vf0")
+    g.guestfail("status")
+    assert g.out_of_scope() == before
+    assert any(u["role"] == "standby" for u in g.status()["unpaired"])
