@@ -106,6 +106,7 @@ class Daemon:
         self._switching: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         self._retry_timers: dict[str, asyncio.TimerHandle] = {}
+        self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._reconciled = asyncio.Event()
         # one thread per kind of work, each with its own netlink socket
@@ -232,6 +233,10 @@ class Daemon:
             self.request_reconcile(str(e))
             return
         for ev in events:
+            if ev.action == "add" and ev.ifindex:
+                self._added[ev.ifindex] = ev.t_ns
+                if len(self._added) > 256:  # bounded: entries are taken when a primary joins
+                    self._added.pop(next(iter(self._added)))
             if ev.action in ("add", "move", "remove", "change", "bind"):
                 rec = self.by_member.get(ev.ifindex)
                 if ev.action == "change" and rec is not None:
@@ -259,15 +264,22 @@ class Daemon:
             return
         carrier = link.lower_up and link.up
         if link.ifindex == rec.primary:
+            joined = link.master == rec.master and not rec.primary_enslaved
             changed = carrier != rec.primary_carrier
             rec.primary_carrier = carrier
             rec.primary_enslaved = link.master == rec.master
             rec.primary_name = link.name
-            why = f"{link.name} {'got' if carrier else 'lost'} carrier" if changed else f"{link.name} changed"
         else:
+            joined = False
+            changed = carrier != rec.standby_carrier
             rec.standby_carrier = carrier
             rec.standby_name = link.name
+        if joined:
+            why = f"{link.name} joined"
+        elif changed:
             why = f"{link.name} {'got' if carrier else 'lost'} carrier"
+        else:
+            why = f"{link.name} changed"
         self._evaluate(rec, ev.t_ns, why)
 
     # ------------------------------------------------------------ switching
@@ -287,7 +299,11 @@ class Daemon:
     def _evaluate(self, rec: PairRecord, t_ns: int, why: str) -> None:
         d = decide(self._facts(rec))
         rec.decision = d
-        if not d.switch or rec.master is None or rec.error:
+        if not d.switch:
+            rec.pending_since_ns = None
+            rec.pending_why = ""
+            return
+        if rec.master is None or rec.error:
             return
         if rec.pending_since_ns is None:
             rec.pending_since_ns = t_ns
@@ -303,6 +319,11 @@ class Daemon:
         own request is in flight the switch task records the outcome."""
         old = rec.active
         rec.active = active
+        if active is not None and active not in rec.names():
+            # a primary the reconciliation is enslaving right now: recorded
+            # once it is known, as "joined"
+            rec.joining = (old, t_ns)
+            return
         if rec.in_call or old == active:
             return
         latency = (t_ns - rec.pending_since_ns) / 1e6 if rec.pending_since_ns is not None else None
@@ -526,12 +547,23 @@ class Daemon:
             rec.standby_carrier = sby.lower_up and sby.up
             if prim is None and rec.primary is not None and rec.drained:
                 rec.drained = False  # the drained primary is gone: drain complete
+            new_primary = prim is not None and prim.ifindex != rec.primary
             rec.primary = prim.ifindex if prim else None
             rec.primary_name = prim.name if prim else ""
             rec.primary_carrier = bool(prim and prim.lower_up and prim.up)
             rec.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
             if not rec.in_call:
                 rec.active = out.active.get(p.key)
+            if new_primary and prim is not None:
+                added = self._added.pop(prim.ifindex, None)
+                if rec.joining is not None and rec.active == prim.ifindex:
+                    # the bond made the new primary active while it was enslaved
+                    old, t = rec.joining
+                    latency = (t - added) / 1e6 if added is not None else None
+                    self._record(rec, old, prim.ifindex, f"{prim.name} joined", latency, "kernel")
+                elif added is not None:
+                    rec.pending_since_ns, rec.pending_why = added, f"{prim.name} joined"
+            rec.joining = None
         for key in old_keys - seen:
             rec = self.pairs.pop(key)
             self._emit("PairRemoved", {"pair": rec.master_name, "key": key})

@@ -66,6 +66,9 @@ class PairRecord:
     switches: int = 0
     # guestfail's own request to switch is in flight
     in_call: bool = False
+    # (previous active, when) while a new primary the bond already made
+    # active is still being enslaved
+    joining: Optional[tuple[Optional[int], int]] = None
     # when the last event that may lead to a switch arrived (monotonic ns)
     pending_since_ns: Optional[int] = None
     pending_why: str = ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from lab import topology
 from lab.topology import SBY_MAC
 
@@ -28,6 +30,7 @@ def paired(g: Guest) -> tuple[str, str, str]:
     return master, nsby, npf
 
 
+@pytest.mark.basic
 def test_hotplugged_vf_is_paired_under_a_bond_and_carries_traffic(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic())
     sby = g.lab.ifname("sb0")
@@ -79,6 +82,7 @@ def test_hotplugged_vf_is_paired_under_a_bond_and_carries_traffic(boot) -> None:
     )
 
 
+@pytest.mark.basic
 def test_vf_carrier_loss_moves_traffic_to_the_standby_and_back(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic())
     master, nsby, npf = paired(g)
@@ -104,6 +108,7 @@ def test_vf_carrier_loss_moves_traffic_to_the_standby_and_back(boot) -> None:  #
     assert lost_carrier["latency_ms"] is not None and lost_carrier["latency_ms"] >= 0
 
 
+@pytest.mark.basic
 def test_unplug_keeps_config_and_replug_elsewhere_pairs_again(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic())
     master, nsby, npf = paired(g)
@@ -167,6 +172,7 @@ def test_qemu_failover_is_left_to_the_kernel(boot) -> None:  # type: ignore[no-u
     assert "kernel-managed (left alone):" in g.guestfail("status", "--no-dbus").out
 
 
+@pytest.mark.basic
 def test_agent_killed_and_restarted_adopts_its_master(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic())
     master, _nsby, npf = paired(g)
@@ -189,6 +195,7 @@ def test_agent_killed_and_restarted_adopts_its_master(boot) -> None:  # type: ig
     assert g.status()["pairs"][0]["state"] == "healthy"
 
 
+@pytest.mark.basic
 def test_vf_present_before_the_agent_starts_is_paired_at_start(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic(vf_at_boot=True))
     sby = g.setup_standby()
