@@ -148,7 +148,7 @@ def test_kernel_switch_during_our_request_is_recorded_once(tmp_path: Path) -> No
             loop.call_soon_threadsafe(deliver)
 
         loop = asyncio.get_running_loop()
-        fake.set_active = racing  # type: ignore[method-assign]
+        fake.set_active = racing  # type: ignore[method-assign,assignment]
         d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
         await settle(d)
         await delivered.wait()
@@ -177,7 +177,7 @@ def test_removed_primary_switch_by_the_kernel(tmp_path: Path) -> None:
 
 def test_state_file_follows_every_switch(tmp_path: Path) -> None:
     async def go() -> None:
-        d, rec, _ = make_daemon(tmp_path)
+        d, _, _ = make_daemon(tmp_path)
         d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
         await settle(d)
         doc = (tmp_path / "state.json").read_text()
