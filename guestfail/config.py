@@ -30,7 +30,7 @@ MASTER_POLICIES = ("on-pair", "from-start")
 RULES = ("serial", "mac")
 FAIL_OVER_MAC = ("auto", "none", "active", "follow")
 ALL_SLAVES_ACTIVE = ("auto", "on", "off")
-HWADDR_POLICIES = ("same_all", "by_active", "only_active")
+HWADDR_POLICIES = ("auto", "same_all", "by_active", "only_active")
 STANDBY_KEYS = ("name", "mac", "pci", "vmbus")
 PRIMARY_KEYS = ("name", "mac", "pci", "slot", "serial")
 
@@ -98,7 +98,7 @@ class BondOptions:
 @dataclass(frozen=True)
 class TeamOptions:
     teamd: str = "teamd"
-    hwaddr_policy: str = "same_all"
+    hwaddr_policy: str = "auto"
     link_watch_delay_up: int = 0
     link_watch_delay_down: int = 0
 
@@ -310,7 +310,7 @@ def parse(text: str, source: str = "") -> Config:
     t = _Reader(root.take("team", dict, {}), "team", source)
     team = TeamOptions(
         teamd=t.take("teamd", str, "teamd"),
-        hwaddr_policy=t.choice("hwaddr_policy", HWADDR_POLICIES, "same_all"),
+        hwaddr_policy=t.choice("hwaddr_policy", HWADDR_POLICIES, "auto"),
         link_watch_delay_up=t.int_range("link_watch_delay_up", 0, 60000, 0),
         link_watch_delay_down=t.int_range("link_watch_delay_down", 0, 60000, 0),
     )

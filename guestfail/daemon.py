@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__
+from guestfail import __version__, processes
 from guestfail import config as config_mod
 from guestfail.apply import BondBackend, Executor, retrying
 from guestfail.config import Config
@@ -73,6 +73,7 @@ class Outcome:
     result: MatchResult
     masters: dict[str, Optional[int]] = field(default_factory=dict)  # key -> master ifindex
     active: dict[str, Optional[int]] = field(default_factory=dict)  # key -> kernel's active member
+    pids: dict[str, int] = field(default_factory=dict)  # team master -> its teamd
     errors: dict[str, str] = field(default_factory=dict)
     steps: int = 0
     passes: int = 0
@@ -107,6 +108,7 @@ class Daemon:
         self._tasks: set[asyncio.Future[None]] = set()
         self._retry_timers: dict[str, asyncio.TimerHandle] = {}
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
+        self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._reconciled = asyncio.Event()
         # one thread per kind of work, each with its own netlink socket
@@ -164,6 +166,10 @@ class Daemon:
         self._slow.shutdown(wait=True)
         self._fast_nl.close()
         self._slow_nl.close()
+        for backend in (self._fast_backend, self._slow_backend):
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
         return 0
 
     def stop(self) -> None:
@@ -490,10 +496,22 @@ class Daemon:
                 out.verified = True
                 break
         self._write_claims(out.snap, out.result)
+        masters = []
         for p in out.result.pairings:
             master = master_of(p.key, p.standby, out.snap)
             out.masters[p.key] = master.ifindex if master else None
+            if master is not None and self.cfg.backend == "team":
+                masters.append(master)
+                try:
+                    note = self._slow_backend.check(master, out.snap.slaves_of(master.ifindex), p.primary)
+                except GuestfailError as e:
+                    out.errors[p.key] = str(e)
+                    note = None
+                if note:
+                    log.warning("%s", note)
             out.active[p.key] = self._slow_backend.active(master.ifindex) if master else None
+        if masters:
+            out.pids = self._slow_backend.pids(masters)
         return out
 
     def _mark_members(self, plan: Plan) -> None:
@@ -584,10 +602,36 @@ class Daemon:
             for idx in (rec.master, rec.standby, rec.primary):
                 if idx is not None:
                     self.by_member[idx] = rec
+        self._watch_teamd(out.pids)
         self.sections = match_sections(result, snap)
         for rec in self.pairs.values():
             self._evaluate(rec, now_ns(), "reconciled")
         self._write_state()
+
+    def _watch_teamd(self, pids: dict[str, int]) -> None:
+        """teamd exiting is an event (its pidfd becomes readable)."""
+        loop = asyncio.get_running_loop()
+        for dev, pid in pids.items():
+            if self._watched.get(dev, (None, None))[0] == pid:
+                continue
+            fd = processes.pidfd(pid)
+            if fd is None:
+                self.request_reconcile(f"teamd for {dev} is gone")
+                continue
+            self._watched[dev] = (pid, fd)
+            loop.add_reader(fd, self._teamd_exited, dev, fd)
+
+    def _teamd_exited(self, dev: str, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        self._watched.pop(dev, None)
+        for rec in self.pairs.values():
+            if rec.master_name == dev:
+                rec.error = f"teamd for {dev} exited"
+                log.error("%s: teamd exited; starting it again", dev)
+                rec.decision = decide(self._facts(rec))
+        self._write_state()
+        self.request_reconcile(f"teamd for {dev} exited")
 
     # ------------------------------------------------------------ commands (D-Bus, CLI)
 
@@ -632,8 +676,7 @@ class Daemon:
         frm = rec.active
 
         def drain() -> Optional[int]:
-            if self.cfg.backend == "bond":
-                self._fast_backend.set_primary(master, names.get(master, ""), None, "")
+            self._fast_backend.set_primary(master, names.get(master, ""), None, "")
             return self._set_active_sync(master, names.get(master, ""), sby, names.get(sby, ""))
 
         rec.in_call = True

@@ -20,6 +20,7 @@ read, only root may change.  Errors are ``io.github.guestfail1.Error.*``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Optional
@@ -205,3 +206,96 @@ def call(member: str, signature: str, body: list[Any], timeout: float = 30.0) ->
 
 def call_status() -> Optional[dict[str, Any]]:
     return call("Status", "", [], timeout=5.0)
+
+
+# ------------------------------------------------------------------ teamd
+
+
+TEAMD_NAME = "org.libteam.teamd.{dev}"
+TEAMD_PATH = "/org/libteam/teamd"
+TEAMD_INTERFACE = "org.libteam.teamd"
+
+
+class TeamdError(SystemRefused):
+    """teamd answered with a D-Bus error, or not at all."""
+
+
+class TeamdClient:
+    """Synchronous calls to teamd's D-Bus interface, usable from any thread:
+    the connection lives on an event loop of its own."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        import threading
+
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gf-teamd-dbus", daemon=True)
+        self._thread.start()
+        self._bus: Any = None
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout + 5)
+
+    async def _connect(self) -> Any:
+        if self._bus is None or not self._bus.connected:
+            self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        return self._bus
+
+    async def _call(self, dev: str, member: str, signature: str, body: list[Any]) -> Any:
+        try:
+            bus = await asyncio.wait_for(self._connect(), self.timeout)
+        except (OSError, asyncio.TimeoutError, ValueError, EOFError) as e:
+            raise TeamdError(f"teamd {dev}: no system bus ({e})") from None
+        msg = Message(
+            destination=TEAMD_NAME.format(dev=dev),
+            path=TEAMD_PATH,
+            interface=TEAMD_INTERFACE,
+            member=member,
+            signature=signature,
+            body=body,
+        )
+        try:
+            reply = await asyncio.wait_for(bus.call(msg), self.timeout)
+        except asyncio.TimeoutError:
+            raise TeamdError(f"teamd {dev}: no answer to {member} within {self.timeout:.0f} s") from None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            raise TeamdError(f"teamd {dev}: {member} failed: {reply.error_name}{': ' + text if text else ''}")
+        return reply.body[0] if reply.body else None
+
+    def call(self, dev: str, member: str, signature: str = "", body: Optional[list[Any]] = None) -> Any:
+        return self._run(self._call(dev, member, signature, body or []))
+
+    def running(self, dev: str) -> bool:
+        async def has_owner() -> bool:
+            bus = await self._connect()
+            reply = await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=[TEAMD_NAME.format(dev=dev)],
+                )
+            )
+            return bool(reply.body and reply.body[0])
+
+        try:
+            return bool(self._run(has_owner()))
+        except (OSError, ValueError, EOFError):
+            return False
+
+    def state(self, dev: str) -> dict[str, Any]:
+        doc = json.loads(self.call(dev, "StateDump"))
+        return doc if isinstance(doc, dict) else {}
+
+    def close(self) -> None:
+        async def shut() -> None:
+            if self._bus is not None:
+                self._bus.disconnect()
+
+        with contextlib.suppress(Exception):
+            self._run(shut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

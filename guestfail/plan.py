@@ -238,23 +238,32 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
     master = master_of(spec.key, spec.standby, snap)
 
     # Names as they will be after each step, to order renames correctly.
+    create_later: Optional[CreateMaster] = None
     if master is None:
-        tmp = naming.temp_name(sby.ifindex)
-        steps.append(
-            CreateMaster(
-                name=tmp,
-                kind=cfg.backend,
-                mac=spec.mac,
-                mtu=spec.mtu,
-                marker=spec.marker,
-                fail_over_mac=FAIL_OVER_MAC[spec.fail_over_mac],
-            )
+        # A bond is made under a temporary name and renamed once the standby
+        # has moved out of the way; a team is made under its final name after
+        # that (teamd names its D-Bus service after the device).
+        team = cfg.backend == "team"
+        name = spec.master_name if team else naming.temp_name(sby.ifindex)
+        create = CreateMaster(
+            name=name,
+            kind=cfg.backend,
+            mac=spec.mac,
+            mtu=spec.mtu,
+            marker=spec.marker,
+            fail_over_mac=FAIL_OVER_MAC[spec.fail_over_mac],
         )
-        mref: Ref = tmp
-        m_name, m_up = tmp, False
+        if team:
+            create_later = create
+        else:
+            steps.append(create)
+        mref: Ref = name
+        m_name, m_up = name, False
     else:
         mref = master.ifindex
         m_name, m_up = master.name, master.up
+        if master.kind == "team":
+            m_name = spec.master_name  # a team under teamd keeps its name
 
     sby_enslaved = master is not None and sby.master == master.ifindex
     sby_up = sby.up
@@ -268,6 +277,8 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
             steps.append(SetDown(sby.ifindex))
             sby_up = False
         steps.append(Rename(sby.ifindex, spec.standby_name))
+    if create_later is not None:
+        steps.append(create_later)
     # 2. the master takes its name
     if m_name != spec.master_name:
         if m_up:
@@ -303,6 +314,10 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
             if p_up:
                 steps.append(SetDown(prim.ifindex))
             steps.append(Enslave(prim.ifindex, mref))
+            if cfg.backend == "team" and not drained:
+                # teamd's port priorities are not in the snapshot: set once,
+                # when the port joins
+                steps.append(SetPrimary(mref, prim.ifindex))
         if cfg.backend == "bond":
             current_primary = master.bond.primary if master is not None and master.bond else None
             want_primary = None if drained else prim.ifindex

@@ -86,6 +86,8 @@ def disagreements(doc: dict[str, Any], live: dict[str, Any]) -> list[str]:
                 out.append(f"{p['master']}: in the {doc['source']} but the kernel has no such master")
             continue
         for field in ("master", "active", "standby", "primary"):
+            if field == "active" and lp.get("kind") == "team" and lp.get("active") is None:
+                continue  # only teamd knows a team's active port (and answers root only)
             if p.get(field) != lp.get(field):
                 out.append(
                     f"{lp['master']}: {field} is {p.get(field)} in the {doc['source']}, "

@@ -155,6 +155,57 @@ def netlink_socket() -> socket.socket:
     return s
 
 
+NETLINK_GENERIC = 16
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_NAME = 2
+CTRL_ATTR_MCAST_GROUPS = 7
+CTRL_ATTR_MCAST_GRP_NAME = 1
+CTRL_ATTR_MCAST_GRP_ID = 2
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+
+
+def _nlattrs(data: bytes) -> dict[int, bytes]:
+    out = {}
+    off = 0
+    while off + 4 <= len(data):
+        ln, typ = struct.unpack_from("=HH", data, off)
+        if ln < 4:
+            break
+        out[typ & 0x3FFF] = data[off + 4 : off + ln]
+        off += (ln + 3) & ~3
+    return out
+
+
+def team_event_socket() -> Optional[socket.socket]:
+    """A generic netlink socket in the team family's "change_event" group:
+    readable whenever the team driver's options change (its active port
+    among them).  None if the team module is not loaded."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+    s.bind((0, 0))
+    name = b"team\0"
+    attr = struct.pack("=HH", 4 + len(name), CTRL_ATTR_FAMILY_NAME) + name + b"\0" * ((4 - len(name) % 4) % 4)
+    body = struct.pack("=BBH", CTRL_CMD_GETFAMILY, 1, 0) + attr
+    s.send(struct.pack("=LHHLL", 16 + len(body), GENL_ID_CTRL, 1, 1, 0) + body)
+    reply = s.recv(65536)
+    _ln, typ = struct.unpack_from("=LH", reply, 0)
+    if typ == 2:  # NLMSG_ERROR: no such family
+        s.close()
+        return None
+    attrs = _nlattrs(reply[20:])
+    groups = _nlattrs(attrs.get(CTRL_ATTR_MCAST_GROUPS, b""))
+    for grp in groups.values():
+        g = _nlattrs(grp)
+        if g.get(CTRL_ATTR_MCAST_GRP_NAME, b"").rstrip(b"\0") == b"change_event":
+            gid = struct.unpack("=I", g[CTRL_ATTR_MCAST_GRP_ID])[0]
+            s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, gid)
+            s.setblocking(False)
+            return s
+    s.close()
+    return None
+
+
 def wait_until(check: Callable[[], tuple[bool, Any]], timeout: float, wake: list[int]) -> dict[str, Any]:
     """Re-run `check` whenever one of the `wake` fds is readable (drained)."""
     deadline = time.monotonic() + timeout
@@ -417,11 +468,17 @@ class Helper:
             return {"content": None}
 
     def op_wait_net(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Woken by rtnetlink (links, addresses) and, for team clauses, by the
+        team driver's generic netlink change events."""
         s = netlink_socket()
+        team = team_event_socket() if any("team_active" in c for c in r["clauses"]) else None
+        fds = [s.fileno()] + ([team.fileno()] if team is not None else [])
         try:
-            return wait_until(lambda: evaluate(r["clauses"]), r.get("timeout_", 30), [s.fileno()])
+            return wait_until(lambda: evaluate(r["clauses"]), r.get("timeout_", 30), fds)
         finally:
             s.close()
+            if team is not None:
+                team.close()
 
     def op_wait_file(self, r: dict[str, Any]) -> dict[str, Any]:
         """Wait until file `path` exists and (optionally) contains `contains`."""

@@ -196,3 +196,26 @@ def test_release_restores_the_plain_setup() -> None:
 def test_release_of_an_empty_master_only_deletes_it() -> None:
     m = bond(6, "gftmp2", up=False)
     assert plan_release(m, snap(m)) == [DeleteMaster(6)]
+
+
+def test_team_master_is_created_under_its_final_name() -> None:
+    cfg = parse('[agent]\nbackend = "team"')
+    s = snap(sby_link(addresses=(ADDR,)), vf(3, "ens5001", M1))
+    steps = steps_for(cfg, s)
+    assert steps[:3] == [
+        SetDown(2),
+        Rename(2, "ens11nsby"),
+        CreateMaster("ens11", "team", M1, 1500, make_marker(key="pci-0000:01:00.0", name="ens11"), 0),
+    ]
+    assert not any(isinstance(x, Rename) and x.link == "ens11" for x in steps)
+    # teamd's port priority is set when the VF joins
+    assert steps[-2:] == [Enslave(3, "ens11"), SetPrimary("ens11", 3)]
+
+
+def test_team_pair_in_place_plans_nothing() -> None:
+    cfg = parse('[agent]\nbackend = "team"')
+    team = link(5, "ens11", kind="team", mac=M1, ifalias=marker())
+    s = snap(
+        sby_link(name="ens11nsby", master=5), vf(3, "ens11npf", M1, master=5, altnames=("ens5001",)), team
+    )
+    assert steps_for(cfg, s) == []

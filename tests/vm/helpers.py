@@ -60,15 +60,36 @@ class Guest:
         self.lab.write_file("/run/systemd/network/05-guestfail-members.network", network)
         self.lab.run("udevadm", "control", "--reload")
 
+    def start_system_bus(self) -> None:
+        """A real system bus in the guest (dbus-daemon), with guestfail's
+        policy as the package installs it; teamd's comes with libteam-utils."""
+        if os.environ.get("GUESTFAIL_LAB_AGENT") != "installed":
+            policy = (REPO / "packaging" / "dbus" / "io.github.guestfail1.conf").read_text()
+            self.lab.write_file("/etc/dbus-1/system.d/io.github.guestfail1.conf", policy)
+        self.lab.run("mkdir", "-p", "/run/dbus")
+        self.lab.run("dbus-daemon", "--system", "--fork")
+
+    def wait_team_active(self, master: str, port: str, timeout: float = 60) -> None:
+        self.lab.wait_net(
+            [{"team_active": master, "eq": port}], timeout=timeout, what=f"{port} active in {master}"
+        )
+
+    def team_state(self, master: str) -> dict[str, Any]:
+        out = self.lab.run("teamdctl", master, "state", "dump").out
+        state: dict[str, Any] = json.loads(out)
+        return state
+
     def write_config(self, text: str) -> None:
         self.lab.write_file(CONFIG_PATH, text)
 
-    def start_agent(self, config: Optional[str] = None, *extra: str, wait: bool = True) -> str:
+    def start_agent(
+        self, config: Optional[str] = None, *extra: str, wait: bool = True, dbus: bool = False
+    ) -> str:
         if config is not None:
             self.write_config(config)
         self.agents += 1
         key = f"agent{self.agents}"
-        argv, env = agent_argv("-vv", "run", "--no-dbus", *extra)
+        argv, env = agent_argv("-vv", "run", *([] if dbus else ["--no-dbus"]), *extra)
         self.lab.spawn(key, argv, env=env, notify=True)
         if wait:
             self.lab.wait_notify(key, "READY=1", timeout=120)
