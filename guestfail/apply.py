@@ -134,14 +134,17 @@ class BondBackend:
 
 
 class Executor:
-    def __init__(self, netlink: Netlink, backend: Backend) -> None:
+    def __init__(self, netlink: Netlink, backend: Backend, ingress: bool = True) -> None:
         self.nl = netlink
         self.backend = backend
+        self.ingress = ingress
+        self.links: dict[int, Link] = {}
 
     def run(self, plan: Plan, links: dict[int, Link]) -> None:
         self.run_steps(plan.spec.master_name, plan.steps, links)
 
     def run_steps(self, label: str, steps: list[Step], links: dict[int, Link]) -> None:
+        self.links = links
         names = {idx: link.name for idx, link in links.items()}
         masters: dict[str, int] = {}
 
@@ -222,10 +225,13 @@ class Executor:
         elif isinstance(step, Enslave):
             i, m = ref(step.link), ref(step.master)
             self.backend.enslave(i, name(i), m, name(m))
+            if self.ingress:
+                self.nl.redirect_unicast(i, name(i), m, name(m))
         elif isinstance(step, Release):
             i = ref(step.link)
             current = self.nl.get_link(i)
             if current is not None and current.master:
+                self.nl.clear_redirect(i, name(i))
                 self.backend.release(i, name(i), current.master, name(current.master))
         elif isinstance(step, SetPrimary):
             m = ref(step.master)
@@ -241,6 +247,10 @@ class Executor:
                 self.nl.del_address(src, name(src), a)
         elif isinstance(step, DeleteMaster):
             m = ref(step.master)
+            # a redirect to a master that is gone would drop the member's frames
+            for idx, link in self.links.items():
+                if link.master == m:
+                    self.nl.clear_redirect(idx, name(idx))
             self.backend.delete_master(m, name(m))
         else:  # pragma: no cover
             raise AssertionError(f"unknown step {step!r}")

@@ -29,7 +29,8 @@ NAMINGS = ("kernel", "keep")
 MASTER_POLICIES = ("on-pair", "from-start")
 RULES = ("serial", "mac")
 FAIL_OVER_MAC = ("auto", "none", "active", "follow")
-ALL_SLAVES_ACTIVE = ("auto", "on", "off")
+ALL_SLAVES_ACTIVE = ("on", "off")
+INGRESS = ("unicast", "off")
 HWADDR_POLICIES = ("auto", "same_all", "by_active", "only_active")
 STANDBY_KEYS = ("name", "mac", "pci", "vmbus")
 PRIMARY_KEYS = ("name", "mac", "pci", "slot", "serial")
@@ -92,7 +93,7 @@ class BondOptions:
     miimon: int = 100
     fail_over_mac: str = "auto"
     num_peer_notif: int = 1
-    all_slaves_active: str = "auto"
+    all_slaves_active: str = "off"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class Config:
     primary_drivers: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     state_dir: str = DEFAULT_STATE_DIR
+    announce: bool = True
+    ingress: str = "unicast"
     bond: BondOptions = field(default_factory=BondOptions)
     team: TeamOptions = field(default_factory=TeamOptions)
     serials: tuple[StandbySerial, ...] = ()
@@ -294,6 +297,8 @@ def parse(text: str, source: str = "") -> Config:
             )
     ignore = tuple(normalise_mac(i) or i for i in ignore)
     state_dir = agent.take("state_dir", str, DEFAULT_STATE_DIR)
+    announce = agent.take("announce", bool, True)
+    ingress = agent.choice("ingress", INGRESS, "unicast")
     if not state_dir.startswith("/"):
         raise ConfigError("agent.state_dir", "must be an absolute path", source)
     agent.done()
@@ -303,7 +308,7 @@ def parse(text: str, source: str = "") -> Config:
         miimon=b.int_range("miimon", 0, 10000, 100),
         fail_over_mac=b.choice("fail_over_mac", FAIL_OVER_MAC, "auto"),
         num_peer_notif=b.int_range("num_peer_notif", 0, 255, 1),
-        all_slaves_active=b.choice("all_slaves_active", ALL_SLAVES_ACTIVE, "auto"),
+        all_slaves_active=b.choice("all_slaves_active", ALL_SLAVES_ACTIVE, "off"),
     )
     b.done()
 
@@ -394,6 +399,8 @@ def parse(text: str, source: str = "") -> Config:
         primary_drivers=primary_drivers,
         ignore=ignore,
         state_dir=state_dir,
+        announce=announce,
+        ingress=ingress,
         bond=bond,
         team=team,
         serials=tuple(serials),

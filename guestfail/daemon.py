@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, processes
+from guestfail import __version__, announce, processes
 from guestfail import config as config_mod
 from guestfail.apply import BondBackend, Executor, retrying
 from guestfail.config import Config
 from guestfail.discover import observe
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
-from guestfail.match import MatchResult, claims, match
-from guestfail.model import Link, Snapshot
+from guestfail.match import MatchResult, claims, is_ours, match
+from guestfail.model import Address, Link, Snapshot
 from guestfail.netlink import EventsLost, LinkEvent, LinkMonitor, Netlink, NetlinkFailure
 from guestfail.notify import notify
 from guestfail.pairstate import Facts, decide
@@ -108,6 +108,7 @@ class Daemon:
         self._tasks: set[asyncio.Future[None]] = set()
         self._retry_timers: dict[str, asyncio.TimerHandle] = {}
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
+        self._addresses: dict[int, tuple[Address, ...]] = {}  # master -> its addresses (last reconciliation)
         self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._reconciled = asyncio.Event()
@@ -118,7 +119,7 @@ class Daemon:
         self._slow_nl = Netlink()
         self._fast_backend = self._make_backend(self._fast_nl)
         self._slow_backend = self._make_backend(self._slow_nl)
-        self._executor = Executor(self._slow_nl, self._slow_backend)
+        self._executor = Executor(self._slow_nl, self._slow_backend, ingress=cfg.ingress == "unicast")
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
@@ -334,6 +335,8 @@ class Daemon:
             return
         latency = (t_ns - rec.pending_since_ns) / 1e6 if rec.pending_since_ns is not None else None
         why = rec.pending_why or "the bond reselected"
+        if rec.master is not None:
+            asyncio.get_running_loop().run_in_executor(self._fast, self._announce_sync, rec.master)
         self._record(rec, old, active, why, latency, "kernel")
         rec.pending_since_ns = None
         rec.pending_why = ""
@@ -421,7 +424,24 @@ class Daemon:
             attempts=3,
         )
         active: Optional[int] = self._fast_backend.active(master)
+        if active == slave:
+            self._announce_sync(master)
         return active
+
+    def _announce_sync(self, master: int) -> None:
+        """Right after a switch: gratuitous ARP and unsolicited NA for the
+        master's addresses, out of its new active member."""
+        if not self.cfg.announce:
+            return
+        addresses = self._addresses.get(master, ())
+        if not addresses:
+            return
+        try:
+            link = self._fast_nl.get_link(master)
+            if link is not None:
+                announce.send(master, link.mac, addresses)
+        except (OSError, GuestfailError) as e:
+            log.warning("announcement on %d not sent: %s", master, e)
 
     def _retry_later(self, rec: PairRecord) -> None:
         if rec.key in self._retry_timers:
@@ -602,6 +622,7 @@ class Daemon:
             for idx in (rec.master, rec.standby, rec.primary):
                 if idx is not None:
                     self.by_member[idx] = rec
+        self._addresses = {i: link.addresses for i, link in snap.links.items() if is_ours(link)}
         self._watch_teamd(out.pids)
         self.sections = match_sections(result, snap)
         for rec in self.pairs.values():

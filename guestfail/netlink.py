@@ -37,6 +37,21 @@ NLMSG_DONE = 3
 NLMSG_OVERRUN = 4
 
 BOND_MODE_ACTIVE_BACKUP = 1
+# tc: the ingress hook of a clsact qdisc, and guestfail's filter on a member
+CLSACT_INGRESS = 0xFFFFFFF2
+ETH_P_ALL = 0x0003
+GF_FILTER_PRIO = 49
+GF_FILTER_HANDLE = 0x6766
+# an ematch: the first byte of the destination MAC has the group bit clear
+UNICAST_DST = {
+    "kind": "cmp",
+    "layer": "link",
+    "opnd": "eq",
+    "align": "u8",
+    "offset": 0,
+    "mask": 0x01,
+    "value": 0,
+}
 BOND_PRI_RESELECT_ALWAYS = 0
 
 #: route protocols guestfail moves with the addresses (not the kernel's own)
@@ -326,6 +341,53 @@ class Netlink:
 
     def set_bond(self, ifindex: int, what: str, **bond_attrs: Any) -> None:
         self._do(what, lambda: self.ipr.link("set", index=ifindex, kind="bond", **bond_attrs))
+
+    # ingress from either path
+    def redirect_unicast(self, member: int, member_name: str, master: int, master_name: str) -> None:
+        """Unicast frames that arrive on `member` go straight to the master's
+        ingress, whichever member is active: the host may send on either path
+        (an early MAC filter update, a switch not yet announced), and the
+        bond or team would drop what arrives on the inactive one.  Broadcast
+        and multicast keep the normal path, so they arrive once (on the
+        active member).  A clsact qdisc and one basic filter; idempotent."""
+        what = f"redirect unicast from {member_name} to {master_name}"
+        self._do(what, lambda: self.ipr.tc("replace", "clsact", member))
+        self._do(
+            what,
+            lambda: self.ipr.tc(
+                "replace-filter",
+                "basic",
+                member,
+                handle=GF_FILTER_HANDLE,
+                parent=CLSACT_INGRESS,
+                protocol=ETH_P_ALL,
+                prio=GF_FILTER_PRIO,
+                classid=0x10001,
+                # destination MAC, first byte, group bit clear: unicast
+                match=[
+                    {
+                        "kind": "cmp",
+                        "layer": "link",
+                        "opnd": "eq",
+                        "align": "u8",
+                        "offset": 0,
+                        "mask": 0x01,
+                        "value": 0,
+                    }
+                ],
+                action={"kind": "mirred", "direction": "ingress", "action": "redirect", "ifindex": master},
+            ),
+        )
+
+    def clear_redirect(self, member: int, member_name: str) -> None:
+        try:
+            self._do(
+                f"remove guestfail's tc filter from {member_name}",
+                lambda: self.ipr.tc("del", "clsact", member),
+            )
+        except NetlinkFailure as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise
 
     # addresses and routes
     def add_address(self, ifindex: int, name: str, a: Address) -> None:

@@ -162,6 +162,8 @@ SCHEMA: dict[str, Any] = {
                             "pattern": "^/",
                             "description": "Default: /run/guestfail.",
                         },
+                        "announce": {"type": "boolean", "description": "Default: true."},
+                        "ingress": {"enum": ["unicast", "off"], "description": "Default: unicast."},
                     },
                 },
                 "bond": {
@@ -172,8 +174,8 @@ SCHEMA: dict[str, Any] = {
                         "fail_over_mac": {"enum": _FAIL_OVER_MAC, "description": "Default: auto."},
                         "num_peer_notif": _range(0, 255, "Default: 1."),
                         "all_slaves_active": {
-                            "enum": ["auto", "on", "off"],
-                            "description": "Default: auto.",
+                            "enum": ["on", "off"],
+                            "description": "Default: off.",
                         },
                     },
                 },
@@ -183,8 +185,8 @@ SCHEMA: dict[str, Any] = {
                     "properties": {
                         "teamd": {"type": "string", "description": "Default: teamd."},
                         "hwaddr_policy": {
-                            "enum": ["same_all", "by_active", "only_active"],
-                            "description": "Default: same_all.",
+                            "enum": ["auto", "same_all", "by_active", "only_active"],
+                            "description": "Default: auto.",
                         },
                         "link_watch_delay_up": _range(0, 60000, "Milliseconds. Default: 0."),
                         "link_watch_delay_down": _range(0, 60000, "Milliseconds. Default: 0."),
