@@ -212,7 +212,10 @@ def wait_until(check: Callable[[], tuple[bool, Any]], timeout: float, wake: list
     t0 = time.monotonic()
     wakeups = 0
     while True:
-        ok, seen = check()
+        try:
+            ok, seen = check()
+        except OSError as e:  # a link renamed or removed while it was read
+            ok, seen = False, str(e)
         if ok:
             return {"ok": True, "seen": seen, "waited": time.monotonic() - t0, "wakeups": wakeups}
         left = deadline - time.monotonic()
@@ -373,8 +376,14 @@ class Helper:
     def _links_under(self, rp: str) -> list[str]:
         names = []
         for name in sorted(os.listdir("/sys/class/net")):
-            dev = f"/sys/class/net/{name}/device"
-            if os.path.exists(dev) and f"/{rp}/" in os.path.realpath(dev) + "/":
+            try:
+                dev = f"/sys/class/net/{name}/device"
+                if not os.path.exists(dev):
+                    continue
+                path = os.path.realpath(dev)
+            except OSError:  # no device, or renamed while we looked
+                continue
+            if f"/{rp}/" in path + "/":
                 names.append(name)
         return names
 
