@@ -190,8 +190,21 @@ class Executor:
         masters: dict[str, int],
     ) -> None:
         if isinstance(step, CreateMaster):
-            existing = self.nl.lookup(step.name)
-            idx = existing if existing is not None else self.backend.create_master(step)
+            # a master of ours under that name (an earlier, interrupted pass)
+            # is used; a member's altname of that name is taken back; anything
+            # else holding the name is an error
+            holder = self.nl.holder_of(step.name)
+            if holder is not None and holder.kind == step.kind and holder.marker is not None:
+                idx = holder.ifindex
+            else:
+                if holder is not None:
+                    if holder.ifindex not in step.reclaim_from or step.name not in holder.altnames:
+                        raise NetlinkFailure(
+                            f"create {step.kind} {step.name}: {holder.name} has that name", errno.EEXIST
+                        )
+                    log.info("taking %s back from %s, which has it as an altname", step.name, holder.name)
+                    self.nl.del_altname(holder.ifindex, holder.name, step.name)
+                idx = self.backend.create_master(step)
             masters[step.name] = idx
             names[idx] = step.name
         elif isinstance(step, SetDown):

@@ -205,7 +205,28 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             print(f"released {m.name}")
     finally:
         nl.close()
+    _forget_nm_profiles({m.name for m in masters})
     return Exit.OK
+
+
+def _forget_nm_profiles(masters: set[str]) -> None:
+    """NetworkManager profiles guestfail made for released masters go; the
+    user's own profile then applies to the standby again."""
+    if not masters:
+        return
+    from guestfail.dbus_api import BusClient, BusError
+    from guestfail.nm import NetworkManager
+
+    bus = BusClient(timeout=5.0)
+    try:
+        nm = NetworkManager(bus)
+        if nm.running():
+            for master in nm.delete_master_profiles(masters):
+                print(f"deleted the NetworkManager profile of {master}")
+    except BusError as e:
+        log.warning("NetworkManager profiles not deleted: %s", e)
+    finally:
+        bus.close()
 
 
 def cmd_call(args: argparse.Namespace) -> int:

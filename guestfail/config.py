@@ -117,6 +117,7 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     announce: bool = True
     ingress: str = "unicast"
+    networkmanager: str = "auto"
     bond: BondOptions = field(default_factory=BondOptions)
     team: TeamOptions = field(default_factory=TeamOptions)
     serials: tuple[StandbySerial, ...] = ()
@@ -299,6 +300,7 @@ def parse(text: str, source: str = "") -> Config:
     state_dir = agent.take("state_dir", str, DEFAULT_STATE_DIR)
     announce = agent.take("announce", bool, True)
     ingress = agent.choice("ingress", INGRESS, "unicast")
+    networkmanager = agent.choice("networkmanager", ("auto", "off"), "auto")
     if not state_dir.startswith("/"):
         raise ConfigError("agent.state_dir", "must be an absolute path", source)
     agent.done()
@@ -401,6 +403,7 @@ def parse(text: str, source: str = "") -> Config:
         state_dir=state_dir,
         announce=announce,
         ingress=ingress,
+        networkmanager=networkmanager,
         bond=bond,
         team=team,
         serials=tuple(serials),

@@ -31,27 +31,33 @@ from typing import Any, Callable, Optional
 
 from guestfail import __version__, announce, processes
 from guestfail import config as config_mod
+from guestfail import nm as nm_mod
+from guestfail import state as state_mod
 from guestfail.apply import BondBackend, Executor, retrying
 from guestfail.config import Config
+from guestfail.dbus_api import BusClient, BusError, NameWatcher
 from guestfail.discover import observe
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.match import MatchResult, claims, is_ours, match
 from guestfail.model import Address, Link, Snapshot
 from guestfail.netlink import EventsLost, LinkEvent, LinkMonitor, Netlink, NetlinkFailure
+from guestfail.nm import NetworkManager
 from guestfail.notify import notify
 from guestfail.pairstate import Facts, decide
 from guestfail.plan import (
     DeleteMaster,
+    Enslave,
     Plan,
     PlanRefused,
     Release,
+    Rename,
     Step,
     leaked_masters,
     master_of,
     plan_pair,
     spec_for,
 )
-from guestfail.state import STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
+from guestfail.state import NAMES_FILE, STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
 from guestfail.sysfs import Sysfs
 from guestfail.udev import Udev, UdevLost, write_claims
 
@@ -110,6 +116,16 @@ class Daemon:
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._addresses: dict[int, tuple[Address, ...]] = {}  # master -> its addresses (last reconciliation)
         self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
+        # NetworkManager (slow thread only): masters whose profile is in
+        # place, and the standbys' profiles captured before pairing
+        # the standbys' names before guestfail renamed them, by pair key
+        names = state_mod.read(self.state_dir / NAMES_FILE) or {}
+        self._names: dict[str, str] = {str(k): str(v) for k, v in dict(names.get("names", {})).items()}
+        self._nm: Optional[NetworkManager] = None
+        self._nm_done: set[str] = set()
+        self._nm_captured: dict[str, dict[str, Any]] = {}
+        self._nm_restarted = False
+        self._watcher: Optional[NameWatcher] = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._reconciled = asyncio.Event()
         # one thread per kind of work, each with its own netlink socket
@@ -146,6 +162,8 @@ class Daemon:
             loop.add_reader(self._udev.start_monitor(), self._on_udev)
         if self.use_dbus:
             await self._start_dbus()
+        if self._nm_wanted():
+            await self._watch_networkmanager()
         worker = asyncio.ensure_future(self._reconcile_loop())
         self.request_reconcile("start")
         await self._wait_reconciled()
@@ -163,6 +181,8 @@ class Daemon:
             loop.remove_reader(self._udev.monitor.fileno())
         if self.dbus is not None:
             await self.dbus.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
         self._fast.shutdown(wait=True)
         self._slow.shutdown(wait=True)
         self._fast_nl.close()
@@ -206,6 +226,60 @@ class Daemon:
         except Exception as e:  # D-Bus is optional: the daemon still pairs and switches
             log.warning("no D-Bus API: %s", e)
             self.dbus = None
+
+    def _nm_wanted(self) -> bool:
+        # a team profile in NetworkManager would start a teamd of its own
+        return self.cfg.networkmanager == "auto" and self.cfg.backend == "bond"
+
+    async def _watch_networkmanager(self) -> None:
+        def changed(name: str, owned: bool) -> None:
+            self._nm_restarted = True
+            if owned:
+                self.request_reconcile("NetworkManager started")
+
+        try:
+            self._watcher = NameWatcher([nm_mod.NM], changed)
+            await self._watcher.start()
+        except Exception as e:  # no system bus: NetworkManager cannot run either
+            log.debug("not watching for NetworkManager: %s", e)
+            self._watcher = None
+
+    def _networkmanager(self) -> Optional[NetworkManager]:
+        """The NetworkManager client, if NetworkManager runs (slow thread)."""
+        if not self._nm_wanted():
+            return None
+        if self._nm is None:
+            self._nm = NetworkManager(BusClient())
+        if self._nm_restarted:
+            self._nm_restarted = False
+            self._nm_done.clear()
+        return self._nm if self._nm.running() else None
+
+    def _nm_sync(self, nm: NetworkManager, out: Outcome) -> None:
+        """Every master gets its NetworkManager profile (see guestfail.nm)."""
+        for p in out.result.pairings:
+            master = out.snap.get(out.masters.get(p.key))
+            if master is None or master.name in self._nm_done or master.bond is None:
+                continue
+            sby = out.snap.links[p.standby]
+            orig = (master.marker or {}).get("name", sby.name)
+            b = master.bond
+            options = {
+                "miimon": str(b.miimon),
+                "fail_over_mac": ("none", "active", "follow")[b.fail_over_mac]
+                if b.fail_over_mac < 3
+                else "none",
+                "primary_reselect": "always",
+                "num_grat_arp": str(b.num_peer_notif),
+            }
+            prim = out.snap.get(b.primary)
+            if prim is not None:
+                options["primary"] = prim.name
+            try:
+                nm.ensure_master_profile(master.name, self._nm_captured.get(p.key), orig, sby.hw_mac, options)
+                self._nm_done.add(master.name)
+            except BusError as e:
+                log.warning("NetworkManager: no profile for %s: %s", master.name, e)
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """fn(signal_name, payload) for PairCreated, PairRemoved, ActiveChanged, Refused."""
@@ -482,6 +556,7 @@ class Daemon:
     def _reconcile_sync(self, drained: set[str]) -> Outcome:
         """observe -> match -> plan -> apply, until a pass changes nothing."""
         udev = self._udev if self.use_udev else None
+        nm = self._networkmanager()
         out = Outcome(Snapshot(), MatchResult())
         for n in range(1, MAX_PASSES + 1):
             snap = observe(self._slow_nl, self.sysfs, udev)
@@ -492,13 +567,25 @@ class Daemon:
             for pairing in result.pairings:
                 live.add(pairing.key)
                 try:
-                    spec = spec_for(self.cfg, pairing, snap)
+                    spec = spec_for(self.cfg, pairing, snap, self._names)
                     plan = plan_pair(self.cfg, spec, snap, drained=pairing.key in drained)
                 except PlanRefused as e:
                     out.errors[pairing.key] = str(e)
                     continue
                 if not plan.steps:
                     continue
+                if self._names.get(pairing.key) != spec.orig_name:
+                    # before anything is renamed: the standby's own name must
+                    # survive a crash at any step
+                    self._names[pairing.key] = spec.orig_name
+                    self._save_names()
+                if nm is not None and any(
+                    isinstance(st, (Rename, Enslave)) and st.link == spec.standby for st in plan.steps
+                ):
+                    # what NetworkManager applied to the standby, before it goes
+                    captured = nm.applied(snap.links[spec.standby].name)
+                    if captured is not None:
+                        self._nm_captured[pairing.key] = captured
                 done += len(plan.steps)
                 try:
                     self._executor.run(plan, snap.links)
@@ -532,7 +619,15 @@ class Daemon:
             out.active[p.key] = self._slow_backend.active(master.ifindex) if master else None
         if masters:
             out.pids = self._slow_backend.pids(masters)
+        if nm is not None:
+            self._nm_sync(nm, out)
         return out
+
+    def _save_names(self) -> None:
+        try:
+            write_atomic(self.state_dir / NAMES_FILE, {"schema": 1, "names": self._names})
+        except OSError as e:
+            log.warning("cannot write %s: %s", self.state_dir / NAMES_FILE, e)
 
     def _mark_members(self, plan: Plan) -> None:
         """udev re-reads a member after guestfail enslaved it, so the rules

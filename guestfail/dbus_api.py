@@ -208,28 +208,28 @@ def call_status() -> Optional[dict[str, Any]]:
     return call("Status", "", [], timeout=5.0)
 
 
-# ------------------------------------------------------------------ teamd
+# ------------------------------------------------------------------ other services
 
 
-TEAMD_NAME = "org.libteam.teamd.{dev}"
-TEAMD_PATH = "/org/libteam/teamd"
-TEAMD_INTERFACE = "org.libteam.teamd"
+class BusError(SystemRefused):
+    """A service answered with a D-Bus error, or not at all."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
 
 
-class TeamdError(SystemRefused):
-    """teamd answered with a D-Bus error, or not at all."""
-
-
-class TeamdClient:
-    """Synchronous calls to teamd's D-Bus interface, usable from any thread:
-    the connection lives on an event loop of its own."""
+class BusClient:
+    """Synchronous calls to services on the system bus (teamd,
+    NetworkManager), usable from any thread: the connection lives on an event
+    loop of its own."""
 
     def __init__(self, timeout: float = 10.0) -> None:
         import threading
 
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gf-teamd-dbus", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gf-dbus-client", daemon=True)
         self._thread.start()
         self._bus: Any = None
 
@@ -241,54 +241,61 @@ class TeamdClient:
             self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         return self._bus
 
-    async def _call(self, dev: str, member: str, signature: str, body: list[Any]) -> Any:
+    async def _call(self, msg: Any, what: str) -> list[Any]:
         try:
             bus = await asyncio.wait_for(self._connect(), self.timeout)
         except (OSError, asyncio.TimeoutError, ValueError, EOFError) as e:
-            raise TeamdError(f"teamd {dev}: no system bus ({e})") from None
-        msg = Message(
-            destination=TEAMD_NAME.format(dev=dev),
-            path=TEAMD_PATH,
-            interface=TEAMD_INTERFACE,
-            member=member,
-            signature=signature,
-            body=body,
-        )
+            raise BusError(f"{what}: no system bus ({e})") from None
         try:
             reply = await asyncio.wait_for(bus.call(msg), self.timeout)
         except asyncio.TimeoutError:
-            raise TeamdError(f"teamd {dev}: no answer to {member} within {self.timeout:.0f} s") from None
+            raise BusError(f"{what}: no answer within {self.timeout:.0f} s") from None
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
-            raise TeamdError(f"teamd {dev}: {member} failed: {reply.error_name}{': ' + text if text else ''}")
-        return reply.body[0] if reply.body else None
+            detail = f": {text}" if text else ""
+            raise BusError(f"{what} failed: {reply.error_name}{detail}", reply.error_name or "")
+        return list(reply.body)
 
-    def call(self, dev: str, member: str, signature: str = "", body: Optional[list[Any]] = None) -> Any:
-        return self._run(self._call(dev, member, signature, body or []))
+    def call(
+        self,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Optional[list[Any]] = None,
+        what: str = "",
+    ) -> list[Any]:
+        msg = Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+        result: list[Any] = self._run(self._call(msg, what or f"{destination} {member}"))
+        return result
 
-    def running(self, dev: str) -> bool:
-        async def has_owner() -> bool:
-            bus = await self._connect()
-            reply = await bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="NameHasOwner",
-                    signature="s",
-                    body=[TEAMD_NAME.format(dev=dev)],
-                )
-            )
-            return bool(reply.body and reply.body[0])
+    def get_property(self, destination: str, path: str, interface: str, name: str) -> Any:
+        (value,) = self.call(
+            destination, path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, name]
+        )
+        return value.value
 
+    def has_owner(self, name: str) -> bool:
         try:
-            return bool(self._run(has_owner()))
-        except (OSError, ValueError, EOFError):
+            (owned,) = self.call(
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "NameHasOwner",
+                "s",
+                [name],
+            )
+        except BusError:
             return False
-
-    def state(self, dev: str) -> dict[str, Any]:
-        doc = json.loads(self.call(dev, "StateDump"))
-        return doc if isinstance(doc, dict) else {}
+        return bool(owned)
 
     def close(self) -> None:
         async def shut() -> None:
@@ -299,3 +306,81 @@ class TeamdClient:
             self._run(shut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+# ------------------------------------------------------------------ teamd
+
+
+TEAMD_NAME = "org.libteam.teamd.{dev}"
+TEAMD_PATH = "/org/libteam/teamd"
+TEAMD_INTERFACE = "org.libteam.teamd"
+TeamdError = BusError
+
+
+class TeamdClient:
+    """teamd's D-Bus interface (``teamd -D``); replies are JSON text."""
+
+    def __init__(self, bus: Optional[BusClient] = None) -> None:
+        self.bus = bus or BusClient()
+
+    def call(self, dev: str, member: str, signature: str = "", body: Optional[list[Any]] = None) -> Any:
+        reply = self.bus.call(
+            TEAMD_NAME.format(dev=dev),
+            TEAMD_PATH,
+            TEAMD_INTERFACE,
+            member,
+            signature,
+            body,
+            f"teamd {dev}: {member}",
+        )
+        return reply[0] if reply else None
+
+    def running(self, dev: str) -> bool:
+        return self.bus.has_owner(TEAMD_NAME.format(dev=dev))
+
+    def state(self, dev: str) -> dict[str, Any]:
+        doc = json.loads(self.call(dev, "StateDump"))
+        return doc if isinstance(doc, dict) else {}
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+class NameWatcher:
+    """Calls `callback(name, owned)` on the daemon's loop whenever a
+    well-known name on the system bus gains or loses its owner
+    (NameOwnerChanged): how the daemon learns that NetworkManager started."""
+
+    def __init__(self, names: list[str], callback: Any) -> None:
+        self.names = names
+        self.callback = callback
+        self.bus: Any = None
+
+    async def start(self) -> None:
+        self.bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        for name in self.names:
+            rule = (
+                "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+                f"member='NameOwnerChanged',arg0='{name}'"
+            )
+            await self.bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="AddMatch",
+                    signature="s",
+                    body=[rule],
+                )
+            )
+        self.bus.add_message_handler(self._on_message)
+
+    def _on_message(self, msg: Any) -> None:
+        if msg.message_type == MessageType.SIGNAL and msg.member == "NameOwnerChanged":
+            name, _old, new = msg.body
+            if name in self.names:
+                self.callback(name, bool(new))
+
+    def stop(self) -> None:
+        if self.bus is not None:
+            self.bus.disconnect()

@@ -62,6 +62,8 @@ class CreateMaster:
     mtu: int
     marker: str
     fail_over_mac: int = 0
+    # members that may hold `name` as an altname (see Rename)
+    reclaim_from: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,17 @@ def master_of(key: str, standby: int, snap: Snapshot) -> Optional[Link]:
     return found[0] if found else None
 
 
-def spec_for(cfg: Config, pairing: Pairing, snap: Snapshot) -> PairSpec:
+def spec_for(
+    cfg: Config, pairing: Pairing, snap: Snapshot, known_names: Optional[dict[str, str]] = None
+) -> PairSpec:
+    """What the pair should look like.  `known_names`: the standbys' names
+    from before guestfail renamed them, by pair key, as the daemon recorded
+    them (the master's marker says the same once there is a master)."""
     sby = snap.links[pairing.standby]
     prim = snap.get(pairing.primary)
     master = master_of(pairing.key, pairing.standby, snap)
     marker = (master.marker if master else None) or {}
-    # The standby's own name before guestfail renamed it: kept in the marker.
-    orig = marker.get("name") or sby.name
+    orig = marker.get("name") or (known_names or {}).get(pairing.key) or sby.name
     ep = pairing.explicit
     taken = snap.names()
     if ep is not None and ep.master:
@@ -246,6 +252,7 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
         team = cfg.backend == "team"
         name = spec.master_name if team else naming.temp_name(sby.ifindex)
         create = CreateMaster(
+            reclaim_from=(spec.standby, *([spec.primary] if spec.primary is not None else [])),
             name=name,
             kind=cfg.backend,
             mac=spec.mac,

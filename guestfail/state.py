@@ -23,6 +23,7 @@ from guestfail.pairstate import Decision, Health
 
 SCHEMA = 1
 STATE_FILE = "state.json"
+NAMES_FILE = "names.json"
 HISTORY = 32
 
 

@@ -283,23 +283,48 @@ class UdpStream(threading.Thread):
 
 
 class BcastCounter(threading.Thread):
+    """Counts the copies of each distinct datagram received on a UDP port
+    (broadcasts the peer floods on every path)."""
+
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("", port))
-        self.sock.settimeout(0.2)
         self.counts: dict[str, int] = {}
-        self.stop_ev = threading.Event()
+        self.changed = threading.Condition()
+        self.stop_r, self.stop_w = os.pipe()
 
-    def run(self) -> None:
-        while not self.stop_ev.is_set():
-            try:
-                data, _ = self.sock.recvfrom(2048)
-            except socket.timeout:
-                continue
+    def _take(self, data: bytes) -> None:
+        with self.changed:
             key = data.hex()
             self.counts[key] = self.counts.get(key, 0) + 1
+            self.changed.notify_all()
+
+    def run(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.sock.fileno(), self.stop_r], [], [])
+            if self.stop_r in ready:
+                return
+            self._take(self.sock.recv(2048))
+
+    def wait_distinct(self, n: int, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: len(self.counts) >= n, timeout)
+
+    def stop(self) -> dict[str, int]:
+        os.write(self.stop_w, b"x")
+        self.join(5)
+        self.sock.setblocking(False)
+        while True:  # what is queued already counts too
+            try:
+                self._take(self.sock.recv(2048))
+            except BlockingIOError:
+                break
+        self.sock.close()
+        os.close(self.stop_r)
+        os.close(self.stop_w)
+        return self.counts
 
 
 # ---------------------------------------------------------------- server
@@ -526,12 +551,12 @@ class Helper:
         c.start()
         return {}
 
+    def op_bcast_wait(self, r: dict[str, Any]) -> dict[str, Any]:
+        c = self.counters[r["key"]]
+        return {"ok": c.wait_distinct(r["distinct"], r.get("timeout_", 30)), "distinct": len(c.counts)}
+
     def op_bcast_stop(self, r: dict[str, Any]) -> dict[str, Any]:
-        c = self.counters.pop(r["key"])
-        c.stop_ev.set()
-        c.join(5)
-        c.sock.close()
-        return {"counts": c.counts}
+        return {"counts": self.counters.pop(r["key"]).stop()}
 
     def op_poweroff(self, r: dict[str, Any]) -> dict[str, Any]:
         for p in self.procs.values():

@@ -71,7 +71,15 @@ def test_fresh_pair_full_sequence() -> None:
     )
     steps = steps_for(Config(), s)
     assert steps == [
-        CreateMaster("gftmp2", "bond", M1, 1500, make_marker(key="pci-0000:01:00.0", name="ens11"), 0),
+        CreateMaster(
+            "gftmp2",
+            "bond",
+            M1,
+            1500,
+            make_marker(key="pci-0000:01:00.0", name="ens11"),
+            0,
+            reclaim_from=(2, 3),
+        ),
         SetDown(2),
         Rename(2, "ens11nsby"),
         Rename("gftmp2", "ens11", reclaim_from=(2, 3)),
@@ -205,7 +213,15 @@ def test_team_master_is_created_under_its_final_name() -> None:
     assert steps[:3] == [
         SetDown(2),
         Rename(2, "ens11nsby"),
-        CreateMaster("ens11", "team", M1, 1500, make_marker(key="pci-0000:01:00.0", name="ens11"), 0),
+        CreateMaster(
+            "ens11",
+            "team",
+            M1,
+            1500,
+            make_marker(key="pci-0000:01:00.0", name="ens11"),
+            0,
+            reclaim_from=(2, 3),
+        ),
     ]
     assert not any(isinstance(x, Rename) and x.link == "ens11" for x in steps)
     # teamd's port priority is set when the VF joins
@@ -219,3 +235,17 @@ def test_team_pair_in_place_plans_nothing() -> None:
         sby_link(name="ens11nsby", master=5), vf(3, "ens11npf", M1, master=5, altnames=("ens5001",)), team
     )
     assert steps_for(cfg, s) == []
+
+
+def test_the_standbys_recorded_name_survives_a_crash_before_the_master_existed() -> None:
+    # the team flow renames the standby before the master exists: a crash
+    # there leaves only the daemon's record of the old name
+    cfg = parse('[agent]\nbackend = "team"')
+    s = snap(sby_link(name="ens11nsby", up=False), vf(3, "ens5001", M1))
+    (pairing,) = match(cfg, s).pairings
+    spec = spec_for(cfg, pairing, s, {pairing.key: "ens11"})
+    assert (spec.master_name, spec.standby_name, spec.primary_name) == ("ens11", "ens11nsby", "ens11npf")
+    steps = plan_pair(cfg, spec, s).steps
+    assert not any(isinstance(x, Rename) and x.link == 2 for x in steps)
+    # without the record the name would be built on the renamed one
+    assert spec_for(cfg, pairing, s).master_name == "ens11nsby"

@@ -1,0 +1,184 @@
+"""NetworkManager keeps configuring the guest after a pair is built.
+
+net_failover's master is a plain Ethernet device with the standby's name, so
+a NetworkManager profile "DHCP on ens11" simply follows it.  A bond master is
+not Ethernet: NetworkManager will not activate an ethernet profile on it, and
+it would leave the master "connected (externally)" with nobody renewing the
+lease.  So, over NetworkManager's D-Bus API (never by writing its files),
+guestfail gives each master a profile of its own:
+
+* type bond, interface-name = the master, the bond options guestfail set (so
+  activation changes nothing), never autoconnected, kept in memory only (it
+  goes with a reboot or `guestfail release`, and guestfail makes it again);
+* its IPv4 and IPv6 settings are those of the profile that was active on the
+  standby when the pair was built; failing that, of a stored ethernet profile
+  for the standby (by interface name or MAC); failing that, DHCP and SLAAC,
+  which is what NetworkManager's automatic "Wired connection" does;
+* the members carry NM_UNMANAGED (the udev rule), so NetworkManager never
+  touches them.
+
+`guestfail release` deletes these profiles; NetworkManager then activates the
+user's own profile on the standby, which has its name back.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Optional
+
+from guestfail.dbus_api import BusClient, BusError
+
+log = logging.getLogger(__name__)
+
+NM = "org.freedesktop.NetworkManager"
+NM_PATH = "/org/freedesktop/NetworkManager"
+NM_IFACE = "org.freedesktop.NetworkManager"
+SETTINGS_PATH = "/org/freedesktop/NetworkManager/Settings"
+SETTINGS_IFACE = "org.freedesktop.NetworkManager.Settings"
+CONNECTION_IFACE = "org.freedesktop.NetworkManager.Settings.Connection"
+DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
+ADD_IN_MEMORY = 0x2
+PROFILE_PREFIX = "guestfail "
+COPIED = ("ipv4", "ipv6")
+
+
+def _variant(sig: str, value: Any) -> Any:
+    try:
+        from dbus_fast import Variant
+    except ImportError:  # pragma: no cover
+        from dbus_next import Variant  # type: ignore[no-redef]
+    return Variant(sig, value)
+
+
+def profile_id(master: str) -> str:
+    return f"{PROFILE_PREFIX}{master}"
+
+
+def bond_profile(
+    master: str, ip_from: Optional[dict[str, Any]], bond_options: dict[str, str], uid: str
+) -> dict[str, dict[str, Any]]:
+    """The profile for a master (pure): `ip_from` is a profile's settings
+    (a{sa{sv}} as dbus-fast returns it) whose ipv4/ipv6 sections are copied."""
+    profile: dict[str, dict[str, Any]] = {
+        "connection": {
+            "id": _variant("s", profile_id(master)),
+            "uuid": _variant("s", uid),
+            "type": _variant("s", "bond"),
+            "interface-name": _variant("s", master),
+            "autoconnect": _variant("b", False),
+        },
+        "bond": {"options": _variant("a{ss}", dict(bond_options))},
+    }
+    for section in COPIED:
+        if ip_from and section in ip_from:
+            # drop what belongs to the old device's runtime, keep the intent
+            profile[section] = {k: v for k, v in ip_from[section].items() if k not in ("dhcp-iaid",)}
+        else:
+            profile[section] = {"method": _variant("s", "auto")}
+    return profile
+
+
+def bond_options(mode_opts: dict[str, str]) -> dict[str, str]:
+    return {"mode": "active-backup", **mode_opts}
+
+
+class NetworkManager:
+    """The NetworkManager D-Bus calls guestfail needs."""
+
+    def __init__(self, bus: BusClient) -> None:
+        self.bus = bus
+
+    def running(self) -> bool:
+        return self.bus.has_owner(NM)
+
+    def _call(
+        self, path: str, iface: str, member: str, sig: str = "", body: Optional[list[Any]] = None
+    ) -> list[Any]:
+        return self.bus.call(NM, path, iface, member, sig, body, f"NetworkManager {member}")
+
+    def device(self, ifname: str) -> Optional[str]:
+        try:
+            (path,) = self._call(NM_PATH, NM_IFACE, "GetDeviceByIpIface", "s", [ifname])
+        except BusError:
+            return None
+        return str(path)
+
+    def applied(self, ifname: str) -> Optional[dict[str, Any]]:
+        """The settings of the profile active on `ifname` now, if any."""
+        dev = self.device(ifname)
+        if dev is None:
+            return None
+        try:
+            settings, _version = self._call(dev, DEVICE_IFACE, "GetAppliedConnection", "u", [0])
+        except BusError:
+            return None
+        return dict(settings)
+
+    def profiles(self) -> list[tuple[str, dict[str, Any]]]:
+        (paths,) = self._call(SETTINGS_PATH, SETTINGS_IFACE, "ListConnections")
+        out = []
+        for p in paths:
+            try:
+                (settings,) = self._call(p, CONNECTION_IFACE, "GetSettings")
+            except BusError:
+                continue  # deleted meanwhile
+            out.append((str(p), dict(settings)))
+        return out
+
+    def stored_for(
+        self, ifname: str, mac: str, profiles: list[tuple[str, dict[str, Any]]]
+    ) -> Optional[dict[str, Any]]:
+        """A user's ethernet profile meant for the standby."""
+        for _path, s in profiles:
+            conn = s.get("connection", {})
+            if conn.get("type") is None or conn["type"].value != "802-3-ethernet":
+                continue
+            name = conn.get("interface-name")
+            eth = s.get("802-3-ethernet", {})
+            addr = eth.get("mac-address")
+            if name is not None and name.value == ifname:
+                return s
+            if addr is not None and ":".join(f"{b:02x}" for b in addr.value) == mac:
+                return s
+        return None
+
+    def ensure_master_profile(
+        self,
+        master: str,
+        captured: Optional[dict[str, Any]],
+        standby_name: str,
+        standby_mac: str,
+        options: dict[str, str],
+    ) -> Optional[str]:
+        """Add and activate the master's profile unless it is there; returns
+        the profile's path when it made one."""
+        profiles = self.profiles()
+        for _path, s in profiles:
+            cid = s.get("connection", {}).get("id")
+            if cid is not None and cid.value == profile_id(master):
+                return None
+        ip_from = captured or self.stored_for(standby_name, standby_mac, profiles)
+        profile = bond_profile(master, ip_from, bond_options(options), str(uuid.uuid4()))
+        path, _result = self._call(
+            SETTINGS_PATH, SETTINGS_IFACE, "AddConnection2", "a{sa{sv}}ua{sv}", [profile, ADD_IN_MEMORY, {}]
+        )
+        dev = self.device(master)
+        if dev is not None:
+            self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
+        src = "the standby's active profile" if captured else "a stored profile" if ip_from else "DHCP"
+        log.info("NetworkManager: %s for %s (addresses from %s)", profile_id(master), master, src)
+        return str(path)
+
+    def delete_master_profiles(self, masters: Optional[set[str]] = None) -> list[str]:
+        gone = []
+        for path, s in self.profiles():
+            cid = s.get("connection", {}).get("id")
+            if cid is None or not cid.value.startswith(PROFILE_PREFIX):
+                continue
+            master = cid.value[len(PROFILE_PREFIX) :]
+            if masters is not None and master not in masters:
+                continue
+            self._call(path, CONNECTION_IFACE, "Delete")
+            gone.append(master)
+        return gone
