@@ -103,6 +103,25 @@ def link_attr(name: str, attr: str) -> Any:
     if attr == "slaves":
         v = _read(f"{base}/bonding/slaves")
         return sorted(v.split()) if v else []
+    if attr in ("inet", "inet6"):
+        out = subprocess.run(
+            ["ip", "-j", "-4" if attr == "inet" else "-6", "addr", "show", "dev", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        try:
+            return sorted(a["local"] for e in json.loads(out or "[]") for a in e.get("addr_info", []))
+        except (ValueError, KeyError):
+            return None
+    if attr == "nm_state":
+        out = subprocess.run(
+            ["nmcli", "-g", "GENERAL.STATE", "device", "show", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return out.strip().split(" ")[0] if out.strip() else None
     if attr == "lower":
         return sorted(e[len("lower_") :] for e in os.listdir(base) if e.startswith("lower_"))
     raise ValueError(f"unknown attribute {attr}")
@@ -127,7 +146,10 @@ def evaluate(clauses: list[dict[str, Any]]) -> tuple[bool, list[Any]]:
             good = val == want if "eq" in c else val != c.get("ne")
         else:
             val = link_attr(c["link"], c["attr"])
-            good = val == c["eq"] if "eq" in c else val != c["ne"]
+            if "has" in c:
+                good = isinstance(val, list) and c["has"] in val
+            else:
+                good = val == c["eq"] if "eq" in c else val != c["ne"]
         seen.append(val)
         ok = ok and good
     return ok, seen

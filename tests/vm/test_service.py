@@ -1,0 +1,73 @@
+"""The system service in the guest: udev marks from the claims, the D-Bus API
+on a real system bus (status, PrepareUnplug, the bus policy)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lab import topology
+
+from .helpers import Guest, agent_argv, replies_on, stream_start, stream_stop
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.basic
+def test_claimed_vf_is_marked_unmanaged_in_its_first_udev_event(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    sby = g.setup_standby()
+    key = g.start_agent()
+    claims = g.lab.run("ls", "/run/guestfail/claims").out.split()
+    assert "02:00:00:00:00:11" in claims  # the standby's MAC: a VF with it will be paired
+    g.kill_agent(key, "SIGTERM")
+    # nobody pairs it now: what marks it is the udev rule and the claims alone
+    vf = g.lab.plug("vf0")
+    props = g.udev(vf)
+    assert props.get("NM_UNMANAGED") == "1"
+    assert props.get("ID_NET_MANAGED_BY") == "io.github.guestfail1"
+    assert props.get("GUESTFAIL_MEMBER") == "1"
+    assert "guestfail.service" in props.get("SYSTEMD_WANTS", "")
+    # the standby itself is not marked before it is enslaved
+    assert "NM_UNMANAGED" not in g.udev(sby)
+    g.start_agent()
+    g.wait_active(sby, f"{sby}npf")
+
+
+def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic())
+    sby = g.setup_standby()
+    g.start_system_bus()
+    g.start_agent(dbus=True)
+    g.lab.plug("vf0")
+    master, nsby, npf = sby, f"{sby}nsby", f"{sby}npf"
+    g.wait_active(master, npf)
+
+    argv, env = agent_argv("status", "--json")
+    doc = json.loads(g.lab.run(*argv, env=env).out)
+    assert doc["source"] == "daemon" and doc["daemon"]["running"] is True
+    assert doc["pairs"][0]["active"] == npf
+    # reading is for everyone, changing for root only (the bus policy)
+    as_nobody = g.lab.run(*NOBODY, *argv, env=env, check=False)
+    assert as_nobody.rc == 0 and json.loads(as_nobody.out)["source"] == "daemon"
+    denied = g.lab.run(*NOBODY, *agent_argv("prepare-unplug", npf)[0], env=env, check=False)
+    assert denied.rc == 6 and "access denied" in denied.err
+    assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == npf
+
+    # a planned removal: PrepareUnplug, then device_del loses nothing
+    stream = stream_start(g.lab, 200)
+    replies_on(g.lab, stream, "vf0", 100)
+    t0 = time.monotonic_ns()
+    out = json.loads(g.lab.run(*agent_argv("prepare-unplug", npf)[0], env=env).out)
+    assert (out["active"], out["drained"]) == (nsby, True)
+    assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == nsby
+    g.lab.unplug("vf0")
+    replies_on(g.lab, stream, "sb0", 200)
+    t1 = time.monotonic_ns()
+    report = stream_stop(g.lab, stream)
+    assert report.window(t0, t1).lost == 0
+    (pair,) = json.loads(g.lab.run(*argv, env=env).out)["pairs"]
+    assert pair["drained"] is False  # the drained VF is gone: drain complete
+    assert any(s["reason"] == "prepare-unplug" and s["to"] == nsby for s in pair["history"])
