@@ -363,18 +363,7 @@ class Netlink:
                 protocol=ETH_P_ALL,
                 prio=GF_FILTER_PRIO,
                 classid=0x10001,
-                # destination MAC, first byte, group bit clear: unicast
-                match=[
-                    {
-                        "kind": "cmp",
-                        "layer": "link",
-                        "opnd": "eq",
-                        "align": "u8",
-                        "offset": 0,
-                        "mask": 0x01,
-                        "value": 0,
-                    }
-                ],
+                match=[UNICAST_DST],
                 action={"kind": "mirred", "direction": "ingress", "action": "redirect", "ifindex": master},
             ),
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -29,6 +28,8 @@ from lab.dhcp import DhcpError, DhcpEvent, DhcpServer
 from lab.frames import Parsed
 from lab.peer import Peer
 
+from .fakes import FakeNic
+
 GUEST = "52:54:00:12:34:56"
 OTHER = "52:54:00:00:00:02"
 THIRD = "52:54:00:00:00:03"
@@ -43,59 +44,6 @@ DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = range(1, 9)
 
 
 # ---------------------------------------------------------------- the fake guest
-
-
-class FakeNic:
-    """QEMU's end of one path: sends frames to the peer's port, collects what the peer sends."""
-
-    def __init__(self, peer: Peer, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.sock.bind(("127.0.0.1", 0))
-        self.peer_port = peer.port(path)
-        peer.set_remote(path, self.sock.getsockname()[1])
-        self.frames: list[Parsed] = []
-        self.cursor = 0
-        self._arrived = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.fileno(), self._readable)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-
-    def _readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            self.frames.append(f.parse(data))
-        self._arrived.set()
-
-    def send(self, frame: bytes) -> None:
-        self.sock.sendto(frame, ("127.0.0.1", self.peer_port))
-
-    async def until(self, pred: Callable[[Parsed], bool], timeout: float = 2.0) -> list[Parsed]:
-        """The frames not yet consumed, up to and including the first that matches."""
-        deadline = self._loop.time() + timeout
-        while True:
-            for i in range(self.cursor, len(self.frames)):
-                if pred(self.frames[i]):
-                    got = self.frames[self.cursor : i + 1]
-                    self.cursor = i + 1
-                    return got
-            self._arrived.clear()
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                kinds = [p.kind for p in self.frames[self.cursor :]]
-                raise AssertionError(f"{self.path}: no matching frame within {timeout} s; got {kinds}")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-
-    async def expect(self, pred: Callable[[Parsed], bool], timeout: float = 2.0) -> Parsed:
-        return (await self.until(pred, timeout))[-1]
 
 
 @dataclass
@@ -133,6 +81,8 @@ async def lab_env(**server_args: Any) -> AsyncIterator[Env]:
             peer.add_path(name)
         await peer.start()
         nics = [FakeNic(peer, name) for name in ("sby", "vf")]
+        for nic in nics:
+            nic.start()
         with DhcpServer(peer, **server_args) as server:
             yield Env(peer, server, nics[0], nics[1])
     finally:
