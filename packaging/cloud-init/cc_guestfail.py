@@ -164,6 +164,7 @@ SCHEMA: dict[str, Any] = {
                         },
                         "announce": {"type": "boolean", "description": "Default: true."},
                         "ingress": {"enum": ["unicast", "off"], "description": "Default: unicast."},
+                        "networkmanager": {"enum": ["auto", "off"], "description": "Default: auto."},
                     },
                 },
                 "bond": {
