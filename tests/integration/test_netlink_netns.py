@@ -1,0 +1,168 @@
+"""guestfail's netlink adapter against this host's kernel, inside a network
+namespace the test makes (veth pairs: renames, altnames, addresses, routes,
+carrier through the peer, and an event overrun).  This kernel has no bonding:
+bonds are the vm tier's."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+from guestfail.model import Address, Route
+from guestfail.netlink import EventsLost, LinkMonitor, Netlink, NetlinkFailure
+
+pytestmark = pytest.mark.netns
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run fn in a thread that joined network namespace `name` (threads have
+    their own namespace; the test process stays where it is)."""
+    result: list[Any] = []
+
+    def body() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        try:
+            result.append(fn())
+        except BaseException as e:
+            result.append(e)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(60)
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    name = f"gf-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def veth(nl: Netlink, a: str, b: str) -> tuple[int, int]:
+    nl.ipr.link("add", ifname=a, kind="veth", peer={"ifname": b})
+    ia, ib = nl.lookup(a), nl.lookup(b)
+    assert ia is not None and ib is not None
+    return ia, ib
+
+
+def test_rename_altname_addresses_and_routes(netns: str) -> None:
+    def body() -> None:
+        nl = Netlink()
+        try:
+            a, _b = veth(nl, "gfa", "gfb")
+            nl.set_name(a, "gfa", "gfa2")
+            nl.add_altname(a, "gfa2", "gfa")
+            link = nl.get_link(a)
+            assert link is not None and (link.name, link.altnames) == ("gfa2", ("gfa",))
+            holder = nl.holder_of("gfa")
+            assert holder is not None and holder.ifindex == a
+            nl.del_altname(a, "gfa2", "gfa")
+            assert nl.holder_of("gfa") is None
+            nl.set_state(a, "gfa2", up=True)
+            addr = Address(socket.AF_INET, "192.0.2.7", 24)
+            nl.add_address(a, "gfa2", addr)
+            nl.add_address(a, "gfa2", addr)  # again: no error
+            route = Route(socket.AF_INET, "198.51.100.0", 24, gateway="192.0.2.1", protocol=4)
+            nl.add_route(a, "gfa2", route)
+            dump = nl.dump()
+            assert (a, "192.0.2.7") in [(i, x.address) for i, x in dump.addresses]
+            assert any(oif == a and r.dst == "198.51.100.0" and r.protocol == 4 for oif, r in dump.routes)
+            nl.del_address(a, "gfa2", addr)
+            nl.del_address(a, "gfa2", addr)  # already gone: no error
+            with pytest.raises(NetlinkFailure) as e:
+                nl.set_name(a, "gfa2", "gfb")  # taken by the peer
+            assert e.value.code == errno.EEXIST
+            assert "rename gfa2 to gfb" in str(e.value) and "EEXIST" in str(e.value)
+            with pytest.raises(NetlinkFailure, match=r"create bond gfbond: .*EOPNOTSUPP"):
+                nl.create_bond(
+                    "gfbond",
+                    "02:00:00:00:00:11",
+                    1500,
+                    miimon=100,
+                    fail_over_mac=0,
+                    num_peer_notif=1,
+                    all_slaves_active=0,
+                )
+        finally:
+            nl.close()
+
+    in_netns(netns, body)
+
+
+def test_link_monitor_sees_carrier_through_the_peer(netns: str) -> None:
+    def body() -> None:
+        nl = Netlink()
+        mon = LinkMonitor()
+        try:
+            a, b = veth(nl, "gfa", "gfb")
+            nl.set_state(a, "gfa", up=True)
+            nl.set_state(b, "gfb", up=True)
+            deadline = time.monotonic() + 10
+
+            def wait(pred: Callable[[Any], bool]) -> Any:
+                while time.monotonic() < deadline:
+                    import select
+
+                    select.select([mon.fileno()], [], [], deadline - time.monotonic())
+                    for ev in mon.read(time.monotonic_ns):
+                        if pred(ev):
+                            return ev
+                raise AssertionError("no such event")
+
+            up = wait(lambda ev: ev.link.ifindex == a and ev.link.lower_up)
+            assert up.link.carrier
+            nl.set_state(b, "gfb", up=False)  # the peer goes: a loses carrier
+            down = wait(lambda ev: ev.link.ifindex == a and not ev.link.lower_up)
+            assert down.link.up and not down.deleted
+            nl.delete_link(b, "gfb")
+            gone = wait(lambda ev: ev.deleted and ev.link.ifindex in (a, b))
+            assert gone.deleted
+        finally:
+            mon.close()
+            nl.close()
+
+    in_netns(netns, body)
+
+
+def test_an_event_storm_overruns_a_small_buffer_and_says_so(netns: str) -> None:
+    def body() -> None:
+        nl = Netlink()
+        mon = LinkMonitor(rcvbuf=4096)
+        mon.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            for i in range(40):
+                veth(nl, f"s{i}a", f"s{i}b")
+            with pytest.raises(EventsLost):
+                for _ in range(1000):
+                    mon.read(time.monotonic_ns)
+        finally:
+            mon.close()
+            nl.close()
+
+    in_netns(netns, body)
