@@ -140,10 +140,21 @@ class Executor:
         self.ingress = ingress
         self.links: dict[int, Link] = {}
 
-    def run(self, plan: Plan, links: dict[int, Link]) -> None:
-        self.run_steps(plan.spec.master_name, plan.steps, links)
+    def run(
+        self, plan: Plan, links: dict[int, Link], before_enslave: Optional[Callable[[int, str], None]] = None
+    ) -> None:
+        self.run_steps(plan.spec.master_name, plan.steps, links, before_enslave)
 
-    def run_steps(self, label: str, steps: list[Step], links: dict[int, Link]) -> None:
+    def run_steps(
+        self,
+        label: str,
+        steps: list[Step],
+        links: dict[int, Link],
+        before_enslave: Optional[Callable[[int, str], None]] = None,
+    ) -> None:
+        """Run the steps in order.  `before_enslave(master, name)` runs once,
+        before the first member joins a master (NetworkManager must take the
+        master over while it is empty, or it detaches the members)."""
         self.links = links
         names = {idx: link.name for idx, link in links.items()}
         masters: dict[str, int] = {}
@@ -168,7 +179,12 @@ class Executor:
                 return name(r)
             return name(masters[r]) if r in masters else r
 
+        hook = before_enslave
         for step in steps:
+            if hook is not None and isinstance(step, Enslave):
+                m = ref(step.master)
+                hook(m, name(m))
+                hook = None
             log.info("%s: %s", label, describe(step, known))
             retrying(lambda s=step: self._one(s, ref, name, names, masters))  # type: ignore[misc]
 

@@ -255,6 +255,25 @@ class Daemon:
             self._nm_done.clear()
         return self._nm if self._nm.running() else None
 
+    def _nm_take_over(self, nm: NetworkManager, key: str, master: str, spec: Any) -> None:
+        """NetworkManager takes the master over while it is still empty: it
+        detaches the members of a bond it takes over later."""
+        if master in self._nm_done:
+            return
+        options = {
+            "miimon": str(self.cfg.bond.miimon),
+            "fail_over_mac": spec.fail_over_mac,
+            "primary_reselect": "always",
+            "num_grat_arp": str(self.cfg.bond.num_peer_notif),
+        }
+        if spec.primary_name:
+            options["primary"] = spec.primary_name
+        try:
+            nm.ensure_master_profile(master, self._nm_captured.get(key), spec.orig_name, spec.mac, options)
+            self._nm_done.add(master)
+        except BusError as e:
+            log.warning("NetworkManager: no profile for %s: %s", master, e)
+
     def _nm_sync(self, nm: NetworkManager, out: Outcome) -> None:
         """Every master gets its NetworkManager profile (see guestfail.nm)."""
         for p in out.result.pairings:
@@ -343,6 +362,10 @@ class Daemon:
             if link.bond is not None and link.bond.active_slave != rec.active:
                 self._kernel_active(rec, link.bond.active_slave, ev.t_ns)
             return
+        if rec.master is not None and link.master != rec.master:
+            # someone took the member out of the master (a network manager
+            # taking the master over): put it back
+            self.request_reconcile(f"{link.name} left {rec.master_name}")
         carrier = link.lower_up and link.up
         if link.ifindex == rec.primary:
             joined = link.master == rec.master and not rec.primary_enslaved
@@ -587,8 +610,14 @@ class Daemon:
                     if captured is not None:
                         self._nm_captured[pairing.key] = captured
                 done += len(plan.steps)
+                hook = None
+                if nm is not None:
+
+                    def hook(master: int, name: str, p: Any = pairing, sp: Any = spec) -> None:
+                        self._nm_take_over(nm, p.key, name, sp)
+
                 try:
-                    self._executor.run(plan, snap.links)
+                    self._executor.run(plan, snap.links, hook)
                     out.errors.pop(pairing.key, None)
                 except GuestfailError as e:
                     log.error("%s: %s", spec.master_name, e)

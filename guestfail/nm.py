@@ -27,6 +27,8 @@ import logging
 import uuid
 from typing import Any, Optional
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
 from guestfail.dbus_api import BusClient, BusError
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,16 @@ SETTINGS_PATH = "/org/freedesktop/NetworkManager/Settings"
 SETTINGS_IFACE = "org.freedesktop.NetworkManager.Settings"
 CONNECTION_IFACE = "org.freedesktop.NetworkManager.Settings.Connection"
 DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
+ACTIVE_IFACE = "org.freedesktop.NetworkManager.Connection.Active"
+STATE_PREPARE = 40  # NM_DEVICE_STATE_PREPARE
+SETTLE_SECONDS = 10.0
 ADD_IN_MEMORY = 0x2
 PROFILE_PREFIX = "guestfail "
 COPIED = ("ipv4", "ipv6")
+
+
+class _NotYet(Exception):
+    pass
 
 
 def _variant(sig: str, value: Any) -> Any:
@@ -154,21 +163,63 @@ class NetworkManager:
         """Add and activate the master's profile unless it is there; returns
         the profile's path when it made one."""
         profiles = self.profiles()
-        for _path, s in profiles:
+        path: Optional[str] = None
+        for p, s in profiles:
             cid = s.get("connection", {}).get("id")
             if cid is not None and cid.value == profile_id(master):
-                return None
-        ip_from = captured or self.stored_for(standby_name, standby_mac, profiles)
-        profile = bond_profile(master, ip_from, bond_options(options), str(uuid.uuid4()))
-        path, _result = self._call(
-            SETTINGS_PATH, SETTINGS_IFACE, "AddConnection2", "a{sa{sv}}ua{sv}", [profile, ADD_IN_MEMORY, {}]
-        )
-        dev = self.device(master)
-        if dev is not None:
-            self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
-        src = "the standby's active profile" if captured else "a stored profile" if ip_from else "DHCP"
-        log.info("NetworkManager: %s for %s (addresses from %s)", profile_id(master), master, src)
-        return str(path)
+                path = p
+        made = path is None
+        if path is None:
+            ip_from = captured or self.stored_for(standby_name, standby_mac, profiles)
+            profile = bond_profile(master, ip_from, bond_options(options), str(uuid.uuid4()))
+            added, _result = self._call(
+                SETTINGS_PATH,
+                SETTINGS_IFACE,
+                "AddConnection2",
+                "a{sa{sv}}ua{sv}",
+                [profile, ADD_IN_MEMORY, {}],
+            )
+            path = str(added)
+            src = "the standby's active profile" if captured else "a stored profile" if ip_from else "DHCP"
+            log.info("NetworkManager: %s for %s (addresses from %s)", profile_id(master), master, src)
+        self._activate(path, master)
+        return path if made else None
+
+    def _activate(self, path: str, master: str) -> None:
+        """Activate the profile on the master unless it is active there, and
+        return once NetworkManager has left the master's previous (external)
+        connection behind: members enslaved before that are detached by it.
+        NetworkManager learns about a new link asynchronously and tells where
+        an activation stands only through properties: a short bounded wait
+        (tenacity), 50 ms at a time."""
+        asked = False
+
+        def check() -> None:
+            nonlocal asked
+            dev = self.device(master)
+            if dev is None:
+                raise _NotYet(f"NetworkManager does not know {master} yet")
+            active = self.bus.get_property(NM, dev, DEVICE_IFACE, "ActiveConnection")
+            conn = self.bus.get_property(NM, active, ACTIVE_IFACE, "Connection") if active != "/" else "/"
+            if conn != path:
+                if not asked:
+                    self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
+                    asked = True
+                raise _NotYet(f"{profile_id(master)} is not active on {master} yet")
+            if int(self.bus.get_property(NM, dev, DEVICE_IFACE, "State")) < STATE_PREPARE:
+                raise _NotYet(f"NetworkManager has not started on {master} yet")
+
+        try:
+            for attempt in Retrying(
+                stop=stop_after_delay(SETTLE_SECONDS),
+                wait=wait_fixed(0.05),
+                retry=retry_if_exception_type(_NotYet),
+                reraise=True,
+            ):
+                with attempt:
+                    check()
+        except _NotYet as e:
+            raise BusError(f"{e} after {SETTLE_SECONDS:.0f} s") from None
 
     def delete_master_profiles(self, masters: Optional[set[str]] = None) -> list[str]:
         gone = []

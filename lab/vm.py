@@ -18,6 +18,7 @@ port): no polling for a socket file to appear.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import glob
 import itertools
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,17 @@ logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT = float(os.environ.get("GUESTFAIL_LAB_BOOT_TIMEOUT", "300"))
+
+
+# Every lab not closed yet: closed at interpreter exit, whatever happened
+# (a test that failed or timed out still leaves no QEMU behind).
+_LIVE: weakref.WeakSet[Lab] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for lab in list(_LIVE):
+        lab.close()
 
 
 class LabError(RuntimeError):
@@ -133,9 +146,11 @@ class _Control:
 
 
 class Lab:
-    def __init__(self, topology: Topology, *, name: str = "lab") -> None:
+    def __init__(self, topology: Topology, *, name: str = "lab", boot_timeout: float = BOOT_TIMEOUT) -> None:
         topology.validate()
         self.topo = topology
+        self.boot_timeout = boot_timeout
+        _LIVE.add(self)
         self.name = name
         self.workdir = Path(tempfile.mkdtemp(prefix=f"guestfail-{name}-"))
         self.peer = Peer()
@@ -167,7 +182,7 @@ class Lab:
 
     def start(self) -> Lab:
         try:
-            self._loop.call(self._start(), timeout=BOOT_TIMEOUT + 30)
+            self._loop.call(self._start(), timeout=self.boot_timeout + 30)
         except BaseException:
             self.close()
             raise
@@ -258,7 +273,7 @@ class Lab:
         await accepted
         self._qmp_task = asyncio.ensure_future(self._qmp_listen())
         waiting: set[asyncio.Future[Any]] = {exited, self._ready}
-        done, _ = await asyncio.wait(waiting, timeout=BOOT_TIMEOUT, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(waiting, timeout=self.boot_timeout, return_when="FIRST_COMPLETED")
         if self._ready not in done:
             raise LabError(
                 f"guest not ready after {time.monotonic() - t0:.0f} s "
@@ -502,6 +517,7 @@ class Lab:
         if self._closed:
             return
         self._closed = True
+        _LIVE.discard(self)
         with contextlib.suppress(Exception):
             self._loop.call(self._shutdown(), timeout=60)
         proc = self._proc

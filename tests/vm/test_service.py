@@ -63,11 +63,16 @@ def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-u
     out = json.loads(g.lab.run(*agent_argv("prepare-unplug", npf)[0], env=env).out)
     assert (out["active"], out["drained"]) == (nsby, True)
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == nsby
+    t_unplug = time.monotonic_ns()
     g.lab.unplug("vf0")
     replies_on(g.lab, stream, "sb0", 200)
     t1 = time.monotonic_ns()
     report = stream_stop(g.lab, stream)
-    assert report.window(t0, t1).lost == 0
+    window = report.window(t0, t1)
+    lost = [(round((r.send_ns - t0) / 1e6), r.sent_path) for r in window.records if r.recv_ns is None]
+    assert window.lost == 0, (
+        f"lost (ms after prepare-unplug, path): {lost}; unplug at {(t_unplug - t0) / 1e6:.0f} ms"
+    )
     (pair,) = json.loads(g.lab.run(*argv, env=env).out)["pairs"]
     assert pair["drained"] is False  # the drained VF is gone: drain complete
     assert any(s["reason"] == "prepare-unplug" and s["to"] == nsby for s in pair["history"])
