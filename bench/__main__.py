@@ -1,0 +1,168 @@
+"""guestfail's benchmarks in the lab (see BENCHMARKS.md).
+
+    .venv/bin/python -m bench <mode> [--quick] [--json out.json]
+
+Modes: failover, reaction, footprint, scale, soak, all.  Tables go to
+stdout, progress to stderr.  Every guest boots Debian's kernel under QEMU
+(TCG unless GUESTFAIL_LAB_ACCEL=kvm): a boot alone takes 20-60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from bench import common, failover, footprint, reaction, scale, soak
+from bench.common import say
+
+MODES = ("failover", "reaction", "footprint", "scale", "soak", "all")
+
+
+def parse_rates(text: str) -> tuple[list[float], bool]:
+    if text == "auto":
+        return [1000.0], True
+    return [float(x) for x in text.split(",") if x], False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument("mode", choices=MODES)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 repetition, low counts")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("-v", "--verbose", action="store_true", help="the lab's own log messages too")
+    g = ap.add_argument_group("failover")
+    g.add_argument("--reps", type=int, help="repetitions per setup (default 5; --quick 1)")
+    g.add_argument(
+        "--rates",
+        default="auto",
+        help="stream rates, pps, comma-separated; auto (default): 1000, and 200 as well "
+        "if 1000 is not answered without loss in steady state",
+    )
+    g.add_argument(
+        "--setups",
+        default=",".join(failover.SETUPS),
+        help=f"which setups (default {','.join(failover.SETUPS)})",
+    )
+    g.add_argument(
+        "--broadcasts", type=int, help="broadcasts in the duplicates row (default 200; --quick 20)"
+    )
+    g = ap.add_argument_group("reaction, soak")
+    g.add_argument("--flaps", type=int, help="reaction: link flaps (default 250; --quick 10)")
+    g.add_argument("--cycles", type=int, help="soak: unplug/replug cycles (default 200; --quick 3)")
+    g.add_argument("--soak-flaps", type=int, help="soak: link flaps (default 500; --quick 5)")
+    g.add_argument("--kills", type=int, help="soak: SIGKILLs of the agent (default 20; --quick 2)")
+    g.add_argument(
+        "--storm", type=int, help="soak: veth pairs in the event storm (default 2000; --quick 300)"
+    )
+    g.add_argument("--seed", type=int, help="soak: random seed of the kill delays (default: the time)")
+    g = ap.add_argument_group("footprint")
+    g.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 60; --quick 10)")
+    return ap
+
+
+def pick(value: Optional[Any], full: Any, quick: Any, is_quick: bool) -> Any:
+    if value is not None:
+        return value
+    return quick if is_quick else full
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    q = args.quick
+    common.require_lab()
+    doc: dict[str, Any] = {"environment": common.environment(), "quick": q, "argv": sys.argv[1:]}
+    say(f"bench {args.mode}{' --quick' if q else ''}: {doc['environment']}")
+    rates, auto = parse_rates(args.rates)
+    fo = failover.Params(
+        reps=pick(args.reps, 5, 1, q),
+        rates=rates,
+        auto_rates=auto,
+        steady_s=pick(None, 10.0, 3.0, q),
+        bcasts=pick(args.broadcasts, 200, 20, q),
+        setups=tuple(s for s in args.setups.split(",") if s),
+    )
+    for s in fo.setups:
+        if s not in failover.SETUPS:
+            raise SystemExit(f"bench: unknown setup {s!r} (known: {', '.join(failover.SETUPS)})")
+    re_p = reaction.Params(flaps=pick(args.flaps, 250, 10, q))
+    fp = footprint.Params(idle_s=pick(args.idle, 60.0, 10.0, q), status_runs=pick(None, 10, 3, q))
+    sc = scale.Params(pairs=8)
+    so = soak.Params(
+        cycles=pick(args.cycles, 200, 3, q),
+        flaps=pick(args.soak_flaps, 500, 5, q),
+        kills=pick(args.kills, 20, 2, q),
+        storm=pick(args.storm, 2000, 300, q),
+        seed=args.seed if args.seed is not None else int(time.time()),
+    )
+
+    jobs: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], str]]] = []
+    if args.mode == "failover":
+        jobs.append(("failover", lambda: failover.run(fo), failover.render))
+    elif args.mode == "reaction":
+        jobs.append(("reaction", lambda: reaction.run(re_p), reaction.render))
+    elif args.mode == "footprint":
+        jobs.append(("footprint", lambda: footprint.run(fp), footprint.render))
+    elif args.mode == "scale":
+        jobs.append(("scale", lambda: scale.run(sc), scale.render))
+    elif args.mode == "soak":
+        jobs.append(("soak", lambda: soak.run(so), soak.render))
+    else:
+        # one guest for footprint, reaction and soak; scale and failover boot their own
+        jobs.append(("footprint+reaction+soak", lambda: soak.run_shared(fp, re_p, so), soak.render_shared))
+        jobs.append(("scale", lambda: scale.run(sc), scale.render))
+        jobs.append(("failover", lambda: failover.run(fo), failover.render))
+
+    failed = False
+    t_all = time.monotonic()
+    for name, fn, render in jobs:
+        t0 = time.monotonic()
+        say(f"=== {name}")
+        try:
+            res = fn()
+        except Exception as e:
+            failed = True
+            say(f"{name} failed: {e}")
+            doc[name] = {"error": str(e), "trace": traceback.format_exc()}
+            print(f"{name}: FAILED: {e}\n", flush=True)
+            continue
+        res.setdefault("seconds", round(time.monotonic() - t0, 1))
+        if name == "footprint+reaction+soak":
+            doc.update(res)
+        else:
+            doc[name] = res
+        print(render(res), flush=True)
+        say(f"=== {name}: {time.monotonic() - t0:.0f} s")
+        if args.json:
+            write_json(args.json, doc)  # after every mode: a long run keeps what it has
+    doc["seconds"] = round(time.monotonic() - t_all, 1)
+    if args.json:
+        write_json(args.json, doc)
+        say(f"results written to {args.json}")
+    bad = any(isinstance(v, dict) and v.get("errors") for v in doc.values())
+    return 1 if failed or bad else 0
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""What every benchmark mode shares: progress output, statistics, tables,
+and a booted guest with the helpers the modes need (`BenchGuest`).
+
+Everything here drives the lab (`lab.vm.Lab`) the way tests/vm does; the
+agent runs from this checkout (GUESTFAIL_LAB_AGENT=installed: the installed
+package), on the guest kernel, with traffic on loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from lab.peer import Stream, StreamReport
+from lab.topology import Topology
+from lab.vm import Completed, Lab, LabError, accel, guest_kernel
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST_IP = "192.0.2.2"
+PEER_IP = "192.0.2.1"
+STATE_JSON = "/run/guestfail/state.json"
+
+# "<master>: active A -> B (reason, by guestfail|kernel in N ms)", as guestfail.daemon logs it
+SWITCH_RE = re.compile(
+    r"(?P<master>\S+): active (?P<frm>\S+) -> (?P<to>\S+) "
+    r"\((?P<reason>.*), by (?P<by>guestfail|kernel)(?: in (?P<ms>[0-9.]+) ms)?\)\s*$"
+)
+
+
+# ------------------------------------------------------------------ output
+
+
+_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    """Progress, on stderr (stdout is for the tables)."""
+    el = time.monotonic() - _T0
+    print(f"[{time.strftime('%H:%M:%S')} +{el:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()
+
+
+def sleep_until(t_ns: int) -> None:
+    left = (t_ns - now_ns()) / 1e9
+    if left > 0:
+        time.sleep(left)
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    say(f"{what} ...")
+    yield
+    say(f"{what}: done in {time.monotonic() - t0:.1f} s")
+
+
+def environment() -> dict[str, Any]:
+    """What a reader needs to judge the figures: where and how they were taken."""
+    try:
+        kernel = guest_kernel()
+    except Exception as e:  # reported, not fatal: the modes fail later with the lab's own message
+        kernel = f"? ({e})"
+    load = os.getloadavg()
+    return {
+        "guest_kernel": kernel,
+        "accel": accel(),
+        "host_cpus": os.cpu_count(),
+        "host_loadavg_at_start": [round(x, 2) for x in load],
+        "agent": os.environ.get("GUESTFAIL_LAB_AGENT") or "checkout",
+        "python": sys.version.split()[0],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def percentile(values: Sequence[float], q: float) -> Optional[float]:
+    """Linear interpolation between closest ranks (q in 0..100); None if empty."""
+    if not values:
+        return None
+    xs = sorted(values)
+    if len(xs) == 1:
+        return float(xs[0])
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = math.ceil(pos)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+
+
+def spread(values: Sequence[Optional[float]]) -> dict[str, Any]:
+    """median, min, max and n of the values that exist."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"n": 0, "median": None, "min": None, "max": None}
+    return {"n": len(xs), "median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def fmt_num(v: Optional[float], digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if digits == 0:
+        return f"{v:.0f}"
+    return f"{v:.{digits}f}"
+
+
+def fmt_spread(s: dict[str, Any], digits: int = 0) -> str:
+    """ "med [min-max]", or just the value when min == max or n == 1."""
+    if not s or s.get("n", 0) == 0:
+        return "-"
+    med, lo, hi = s["median"], s["min"], s["max"]
+    if s["n"] == 1 or lo == hi:
+        return fmt_num(med, digits)
+    return f"{fmt_num(med, digits)} [{fmt_num(lo, digits)}-{fmt_num(hi, digits)}]"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> str:
+    """A plain-text table (also valid Markdown)."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, cell in enumerate(r):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(cells)) + " |"
+
+    out = []
+    if title:
+        out += [title, ""]
+    out.append(line(headers))
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out += [line(r) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ the agent
+
+
+def agent_argv(*args: str) -> tuple[list[str], dict[str, str]]:
+    """guestfail in the guest: this checkout, or the installed package."""
+    if os.environ.get("GUESTFAIL_LAB_AGENT") == "installed":
+        return ["/usr/bin/guestfail", *args], {}
+    return [sys.executable, "-m", "guestfail", *args], {"PYTHONPATH": str(REPO)}
+
+
+@dataclass
+class Agent:
+    key: str
+    pid: int
+    log_offset: int = 0  # bytes of its log that came before what is being measured
+
+
+@dataclass(frozen=True)
+class SwitchLine:
+    master: str
+    frm: str
+    to: str
+    reason: str
+    by: str
+    ms: Optional[float]
+
+
+def parse_switches(text: str) -> list[SwitchLine]:
+    out = []
+    for raw in text.splitlines():
+        m = SWITCH_RE.search(raw)
+        if m:
+            ms = m.group("ms")
+            out.append(
+                SwitchLine(
+                    m.group("master"),
+                    m.group("frm"),
+                    m.group("to"),
+                    m.group("reason"),
+                    m.group("by"),
+                    float(ms) if ms is not None else None,
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------ a booted guest
+
+
+class ReplyCounter:
+    """Echo replies per path, counted as they arrive.  `StreamReport` rebuilds
+    the whole stream on every call: far too slow as a `wait_for` predicate,
+    which runs after every frame, at 1000 packets/s."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.counts: dict[str, int] = {}
+        self._remove = lab.peer.on_frame(self._on_frame)
+
+    def _on_frame(self, path: str, parsed: Any, _raw: bytes) -> None:
+        if parsed.kind == "icmp-echo-reply":
+            self.counts[path] = self.counts.get(path, 0) + 1
+
+    def get(self, path: str) -> int:
+        return self.counts.get(path, 0)
+
+    def close(self) -> None:
+        self._remove()
+
+
+class BenchGuest:
+    """A started `Lab` with what the benchmarks do in and to the guest."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.agents = 0
+        self.replies = ReplyCounter(lab)
+
+    @classmethod
+    @contextmanager
+    def boot(cls, topo: Topology, name: str) -> Iterator[BenchGuest]:
+        """Boot a guest; it is torn down (no QEMU left) however the block ends."""
+        say(f"booting a guest ({name}; {accel()}: ~20-60 s under TCG)")
+        t0 = time.monotonic()
+        with Lab(topo, name=name) as lab:
+            say(f"guest {name} up in {time.monotonic() - t0:.0f} s")
+            g = cls(lab)
+            try:
+                g.install()
+                yield g
+            finally:
+                g.replies.close()
+                say(f"tearing down guest {name}")
+
+    # ----------------------------------------------------------- setup
+
+    def install(self) -> None:
+        """What the package installs besides the code (tests/vm does the same)."""
+        if os.environ.get("GUESTFAIL_LAB_AGENT") == "installed":
+            return
+        rules = (REPO / "udev-rules" / "81-guestfail.rules").read_text()
+        self.lab.write_file("/run/udev/rules.d/81-guestfail.rules", rules)
+        network = (REPO / "packaging" / "networkd" / "05-guestfail-members.network").read_text()
+        self.lab.write_file("/run/systemd/network/05-guestfail-members.network", network)
+        self.lab.run("udevadm", "control", "--reload")
+
+    def start_system_bus(self) -> None:
+        if os.environ.get("GUESTFAIL_LAB_AGENT") != "installed":
+            policy = (REPO / "packaging" / "dbus" / "io.github.guestfail1.conf").read_text()
+            self.lab.write_file("/etc/dbus-1/system.d/io.github.guestfail1.conf", policy)
+        self.lab.run("mkdir", "-p", "/run/dbus")
+        self.lab.run("dbus-daemon", "--system", "--fork")
+
+    def setup_standby(self, nic: str = "sb0", ip: str = GUEST_IP, prefix: int = 24) -> str:
+        name = self.lab.ifname(nic)
+        self.lab.run("ip", "link", "set", name, "up")
+        self.lab.run("ip", "addr", "add", f"{ip}/{prefix}", "dev", name)
+        return name
+
+    def start_agent(
+        self,
+        *extra: str,
+        dbus: bool = False,
+        verbose: int = 1,
+        wait: bool = True,
+        timeout: float = 180,
+    ) -> Agent:
+        self.agents += 1
+        key = f"agent{self.agents}"
+        flags = ["-" + "v" * verbose] if verbose else []
+        argv, env = agent_argv(*flags, "run", *([] if dbus else ["--no-dbus"]), *extra)
+        pid = self.lab.spawn(key, argv, env=env, notify=True)
+        if wait:
+            self.lab.wait_notify(key, "READY=1", timeout=timeout)
+        return Agent(key, pid)
+
+    def stop_agent(self, agent: Agent, sig: str = "SIGTERM") -> Optional[int]:
+        self.lab.signal(agent.key, sig)
+        return self.lab.wait_proc(agent.key, timeout=60)
+
+    def agent_log(self, agent: Agent) -> str:
+        try:
+            return (self.lab.workdir / f"{agent.key}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def mark_log(self, agent: Agent) -> None:
+        """What the agent logs from now on is what `new_log` returns."""
+        agent.log_offset = len(self.agent_log(agent).encode())
+
+    def new_log(self, agent: Agent) -> str:
+        try:
+            with open(self.lab.workdir / f"{agent.key}.log", "rb") as f:
+                f.seek(agent.log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def guestfail(self, *args: str, check: bool = False, timeout: float = 120) -> Completed:
+        argv, env = agent_argv(*args)
+        return self.lab.run(*argv, env=env, check=check, timeout=timeout)
+
+    def state(self) -> dict[str, Any]:
+        text = self.lab.read_file(STATE_JSON)
+        if not text:
+            return {}
+        doc: dict[str, Any] = json.loads(text)
+        return doc
+
+    # ----------------------------------------------------------- kernel
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        return self.lab.links()
+
+    def bonds(self, links: Optional[dict[str, dict[str, Any]]] = None) -> list[str]:
+        links = links if links is not None else self.links()
+        return sorted(n for n, e in links.items() if e.get("linkinfo", {}).get("info_kind") == "bond")
+
+    def wait_active(self, master: str, slave: str, timeout: float = 60) -> None:
+        self.lab.wait_net(
+            [{"link": master, "attr": "active_slave", "eq": slave}],
+            timeout=timeout,
+            what=f"{slave} active in {master}",
+        )
+
+    def proc_status(self, pid: int) -> dict[str, str]:
+        text = self.lab.read_file(f"/proc/{pid}/status") or ""
+        return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+    def rss_kib(self, pid: int) -> dict[str, Optional[int]]:
+        st = self.proc_status(pid)
+
+        def kib(key: str) -> Optional[int]:
+            v = st.get(key, "")
+            return int(v.split()[0]) if v else None
+
+        return {
+            "VmRSS_kib": kib("VmRSS"),
+            "VmHWM_kib": kib("VmHWM"),
+            "Threads": int(st["Threads"]) if "Threads" in st else None,
+            "voluntary_ctxt_switches": int(st["voluntary_ctxt_switches"])
+            if "voluntary_ctxt_switches" in st
+            else None,
+            "nonvoluntary_ctxt_switches": int(st["nonvoluntary_ctxt_switches"])
+            if "nonvoluntary_ctxt_switches" in st
+            else None,
+        }
+
+    def cpu_ticks(self, pid: int) -> tuple[int, int]:
+        """utime and stime of a process (clock ticks), from /proc/<pid>/stat."""
+        text = self.lab.read_file(f"/proc/{pid}/stat") or ""
+        fields = text[text.rindex(")") + 2 :].split()
+        # after "pid (comm) ": state is field 3, utime field 14, stime field 15
+        return int(fields[11]), int(fields[12])
+
+    def open_fds(self, pid: int) -> int:
+        return len(self.lab.run("ls", f"/proc/{pid}/fd").out.split())
+
+    # ----------------------------------------------------------- traffic
+
+    def start_stream(self, rate_pps: float) -> Stream:
+        async def start() -> Stream:
+            return self.lab.peer.start_stream(rate_pps)
+
+        return self.lab.on_loop(start(), timeout=10)
+
+    def stop_stream(self, stream: Stream, grace: float = 1.0) -> StreamReport:
+        return self.lab.on_loop(self.lab.peer.stop_stream(stream, grace), timeout=grace + 60)
+
+    def wait_replies(self, path: str, n: int, timeout: float = 30) -> bool:
+        """Wait until `n` more echo replies came back over `path`; False on timeout."""
+        base = self.replies.get(path)
+
+        def enough(_: Any) -> bool:
+            return self.replies.get(path) >= base + n
+
+        try:
+            self.lab.on_loop(
+                self.lab.peer.wait_for(enough, timeout, f"{n} replies over {path}"), timeout + 10
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    def nudge(self) -> None:
+        """One datagram from the guest to the peer (UDP echo port): the peer
+        learns which path the guest sends on now.  Used only between
+        measurements, to restore a steady state a setup does not restore itself."""
+        code = f"import socket; socket.socket(2, 2).sendto(b'nudge', ('{PEER_IP}', 7))"
+        self.lab.run(sys.executable, "-c", code, check=False)
+
+    def send_broadcasts(self, port: int, n: int, interval: float = 0.005) -> None:
+        async def go() -> None:
+            import asyncio
+
+            for i in range(n):
+                self.lab.peer.send_broadcast(port, b"GFBC%06d" % i)
+                await asyncio.sleep(interval)
+
+        self.lab.on_loop(go(), timeout=30 + n * interval * 2)
+
+
+def guest_python_timer(argv: list[str], env: dict[str, str], n: int) -> str:
+    """Python code that runs `argv` n times in the guest and prints the wall
+    times (s) as JSON: timed there, without the control channel's round trip."""
+    return (
+        "import json, os, subprocess, time\n"
+        f"argv = {argv!r}\n"
+        f"env = dict(os.environ, **{env!r})\n"
+        "out = []\n"
+        f"for _ in range({n}):\n"
+        "    t = time.perf_counter()\n"
+        "    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "    out.append(time.perf_counter() - t)\n"
+        "print(json.dumps(out))\n"
+    )
+
+
+def require_lab() -> None:
+    """Fail early, saying why, where the lab cannot run."""
+    import shutil
+
+    if shutil.which("qemu-system-x86_64") is None:
+        raise LabError("qemu-system-x86_64 is not installed (.ci/setup installs it)")
+    guest_kernel()
