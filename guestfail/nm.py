@@ -203,7 +203,12 @@ class NetworkManager:
             conn = self.bus.get_property(NM, active, ACTIVE_IFACE, "Connection") if active != "/" else "/"
             if conn != path:
                 if not asked:
-                    self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
+                    try:
+                        self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
+                    except BusError as e:
+                        # e.g. "strictly unmanaged" until udev has finished
+                        # with the new master: ask again
+                        raise _NotYet(str(e)) from None
                     asked = True
                 raise _NotYet(f"{profile_id(master)} is not active on {master} yet")
             if int(self.bus.get_property(NM, dev, DEVICE_IFACE, "State")) < STATE_PREPARE:

@@ -13,10 +13,12 @@ def notify(message: str) -> bool:
         return False
     if path.startswith("@"):  # abstract namespace
         path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+    # never blocking: a service manager that does not read (a full socket
+    # buffer) must not stall the daemon's event loop
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
         try:
             s.connect(path)
-            s.sendall(message.encode())
-        except OSError:
+            s.send(message.encode())
+        except OSError:  # BlockingIOError included: the message is dropped
             return False
     return True
