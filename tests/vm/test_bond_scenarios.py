@@ -216,3 +216,19 @@ def test_out_of_scope_links_are_never_touched(boot) -> None:  # type: ignore[no-
     g.guestfail("status")
     assert g.out_of_scope() == before
     assert any(u["role"] == "standby" for u in g.status()["unpaired"])
+
+
+def test_from_start_builds_the_master_before_any_vf(boot) -> None:  # type: ignore[no-untyped-def]
+    g: Guest = boot(topology.basic(with_other=False))
+    sby = g.setup_standby()
+    g.start_agent('[agent]\nmaster_policy = "from-start"\n')
+    # READY=1: the master exists, on the standby alone, with the address
+    master = g.link(sby)
+    assert master["linkinfo"]["info_kind"] == "bond"
+    assert master["linkinfo"]["info_data"]["active_slave"] == f"{sby}nsby"
+    assert [a["local"] for a in master["addr_info"] if a["family"] == "inet"] == ["192.0.2.2"]
+    (pair,) = g.status()["pairs"]
+    assert (pair["phase"], pair["state"], pair["primary"]) == ("standby-only", "degraded", None)
+    g.lab.plug("vf0")
+    g.wait_active(sby, f"{sby}npf")
+    assert g.status()["pairs"][0]["state"] == "healthy"
