@@ -92,7 +92,7 @@ class Guest:
         argv, env = agent_argv("-vv", "run", *([] if dbus else ["--no-dbus"]), *extra)
         self.lab.spawn(key, argv, env=env, notify=True)
         if wait:
-            self.lab.wait_notify(key, "READY=1", timeout=120)
+            self.lab.wait_notify(key, "READY=1", timeout=240)
         return key
 
     def kill_agent(self, key: str, sig: str = "SIGKILL") -> Optional[int]:

@@ -93,10 +93,12 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
     assert ack.yiaddr == GUEST_IP
     wait_address(g, master)
 
-    devices = dict(
-        line.split(":", 1)
-        for line in g.lab.run("nmcli", "-t", "-f", "DEVICE,STATE", "device").out.splitlines()
-    )
+    # the members' marks arrive with udev's events for them (NetworkManager
+    # follows udev): wait for NetworkManager's own view, 10 = unmanaged
+    unmanaged = [{"link": m, "attr": "nm_state", "eq": "10"} for m in (nsby, npf)]
+    g.lab.wait_net(unmanaged, timeout=60, what="the members unmanaged")
+    listing = g.lab.run("nmcli", "-t", "-f", "DEVICE,STATE", "device").out
+    devices = dict(line.split(":", 1) for line in listing.splitlines())
     assert devices[nsby] == devices[npf] == "unmanaged"
     assert devices[master] == "connected"
     assert_members_have_no_address(g, nsby, npf)
