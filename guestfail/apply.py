@@ -72,7 +72,9 @@ class Backend(Protocol):
 
     def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None: ...
 
-    def active(self, master: int) -> Optional[int]: ...
+    def active(self, master: Link) -> Optional[int]:
+        """The active member of `master` (a link just read from the kernel)."""
+        ...
 
     def delete_master(self, master: int, master_name: str) -> None: ...
 
@@ -125,9 +127,8 @@ class BondBackend:
     def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None:
         self.nl.set_bond(master, f"make {slave_name} active in {master_name}", bond_active_slave=slave)
 
-    def active(self, master: int) -> Optional[int]:
-        link = self.nl.get_link(master)
-        return link.bond.active_slave if link is not None and link.bond is not None else None
+    def active(self, master: Link) -> Optional[int]:
+        return master.bond.active_slave if master.bond is not None else None
 
     def delete_master(self, master: int, master_name: str) -> None:
         self.nl.delete_link(master, master_name)

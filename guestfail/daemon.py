@@ -520,12 +520,15 @@ class Daemon:
             lambda: self._fast_backend.set_active(master, master_name, slave, slave_name),
             attempts=3,
         )
-        active: Optional[int] = self._fast_backend.active(master)
-        if active == slave:
-            self._announce_sync(master)
+        # one read of the master confirms the switch and gives the MAC the
+        # announcements carry (with fail_over_mac=active it just changed)
+        link = self._fast_nl.get_link(master)
+        active: Optional[int] = self._fast_backend.active(link) if link is not None else None
+        if link is not None and active == slave:
+            self._announce_sync(master, link)
         return active
 
-    def _announce_sync(self, master: int) -> None:
+    def _announce_sync(self, master: int, link: Optional[Link] = None) -> None:
         """Right after a switch: gratuitous ARP and unsolicited NA for the
         master's addresses, out of its new active member."""
         if not self.cfg.announce:
@@ -534,7 +537,8 @@ class Daemon:
         if not addresses:
             return
         try:
-            link = self._fast_nl.get_link(master)
+            if link is None:
+                link = self._fast_nl.get_link(master)
             if link is not None:
                 announce.send(master, link.mac, addresses)
         except (OSError, GuestfailError) as e:
@@ -645,7 +649,7 @@ class Daemon:
                     note = None
                 if note:
                     log.warning("%s", note)
-            out.active[p.key] = self._slow_backend.active(master.ifindex) if master else None
+            out.active[p.key] = self._slow_backend.active(master) if master else None
         if masters:
             out.pids = self._slow_backend.pids(masters)
         if nm is not None:

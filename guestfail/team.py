@@ -110,12 +110,9 @@ class TeamBackend:
     def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None:
         self.client.call(master_name, "StateItemValueSet", "ss", ["runner.active_port", slave_name])
 
-    def active(self, master: int) -> Optional[int]:
-        link = self.nl.get_link(master)
-        if link is None:
-            return None
+    def active(self, master: Link) -> Optional[int]:
         try:
-            name = self.client.call(link.name, "StateItemValueGet", "s", ["runner.active_port"])
+            name = self.client.call(master.name, "StateItemValueGet", "s", ["runner.active_port"])
         except TeamdError:
             return None
         return self.nl.lookup(str(name)) if name else None

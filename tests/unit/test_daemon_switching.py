@@ -39,8 +39,14 @@ class FakeBond:
     def set_primary(self, master: int, master_name: str, slave: Optional[int], slave_name: str) -> None:
         self.calls.append(("set_primary", slave))
 
-    def active(self, master: int) -> Optional[int]:
-        return self.current
+    def active(self, master: Link) -> Optional[int]:
+        return master.bond.active_slave if master.bond else None
+
+    # the netlink side: reading the master back
+    def get_link(self, ifindex: int) -> Optional[Link]:
+        self.calls.append(("read", ifindex))
+        state = BondState(1, self.current, VF, 100, 0, 0)
+        return Link(ifindex=MASTER, name="ens11", kind="bond", mac="02:00:00:00:00:11", bond=state)
 
 
 def link(ifindex: int, name: str, *, carrier: bool = True, master: Optional[int] = MASTER) -> Link:
@@ -62,7 +68,8 @@ def bond_event(active: Optional[int], t: int) -> LinkEvent:
 def make_daemon(tmp_path: Path) -> tuple[Daemon, PairRecord, FakeBond]:
     d = Daemon(parse(f'[agent]\nstate_dir = "{tmp_path}"'), use_udev=False, use_dbus=False)
     fake = FakeBond()
-    d._fast_backend = fake  # the kernel boundary
+    d._fast_backend = fake  # the kernel boundary: the bond
+    d._fast_nl = fake  # type: ignore[assignment]  # and reading it back
     rec = PairRecord(
         "pci-0000:01:00.0", master=MASTER, master_name="ens11", standby=SBY, standby_name="ens11nsby"
     )
@@ -84,7 +91,7 @@ def test_carrier_loss_switches_at_once_and_is_recorded(tmp_path: Path) -> None:
         d, rec, fake = make_daemon(tmp_path)
         d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
         await settle(d)
-        assert fake.calls == [("set_active", SBY)]
+        assert fake.calls == [("set_active", SBY), ("read", MASTER)]
         assert rec.active == SBY
         (sw,) = rec.history
         assert (sw.frm, sw.to, sw.by, sw.reason) == (
@@ -110,7 +117,7 @@ def test_carrier_back_before_miimon_saw_it_is_left_to_the_bond(tmp_path: Path) -
         fake.link_up = {SBY}  # miimon has not seen the VF's link yet
         d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=True), 1000))
         await settle(d)
-        assert fake.calls == [("set_active", VF)]
+        assert fake.calls == [("set_active", VF)]  # refused: nothing to read back
         assert rec.history == type(rec.history)()  # nothing happened yet
         assert rec.key in d._retry_timers
         # miimon sees the link, the bond reselects its primary and says so
