@@ -192,6 +192,90 @@ def parse_switches(text: str) -> list[SwitchLine]:
     return out
 
 
+# ------------------------------------------------------------------ ip monitor
+
+# `ip -ts -d monitor link`: every message starts with "[time] ifindex: name: <FLAGS> ..."
+MONITOR_HEAD_RE = re.compile(
+    r"^\[(?P<ts>[0-9T:.-]+)\] (?P<deleted>Deleted )?(?P<idx>\d+): "
+    r"(?P<name>[^:@\s]+)(?:@\S+)?: <(?P<flags>[^>]*)>"
+)
+ACTIVE_SLAVE_RE = re.compile(r"\bactive_slave (\S+)")
+
+
+@dataclass(frozen=True)
+class LinkMessage:
+    t: float  # seconds (the guest's wall clock, as ip printed it)
+    name: str
+    flags: frozenset[str]
+    deleted: bool
+    active_slave: Optional[str]  # for a bond: its active member
+
+    @property
+    def carrier(self) -> bool:
+        return "UP" in self.flags and "LOWER_UP" in self.flags
+
+
+def parse_monitor(text: str) -> list[LinkMessage]:
+    from datetime import datetime
+
+    out: list[LinkMessage] = []
+    head: Optional[re.Match[str]] = None
+    body: list[str] = []
+
+    def flush() -> None:
+        if head is None:
+            return
+        t = datetime.strptime(head.group("ts"), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+        m = ACTIVE_SLAVE_RE.search(" ".join(body))
+        out.append(
+            LinkMessage(
+                t,
+                head.group("name"),
+                frozenset(head.group("flags").split(",")),
+                bool(head.group("deleted")),
+                m.group(1) if m else None,
+            )
+        )
+
+    for line in text.splitlines():
+        m = MONITOR_HEAD_RE.match(line)
+        if m:
+            flush()
+            head, body = m, [line]
+        elif head is not None:
+            body.append(line)
+    flush()
+    return out
+
+
+def carrier_to_active(
+    msgs: list[LinkMessage], master: str, vf: str, standby: str, vf_carrier: Optional[bool] = True
+) -> dict[str, list[float]]:
+    """From the kernel's own messages: ms from the VF's carrier change (lost:
+    admin down or no carrier; back: up with carrier) to the bond's next
+    report of the member that should then be active.  A bond that already
+    had that member active is not counted (nothing to switch); neither is a
+    switch the bond reported before the VF's own message."""
+    out: dict[str, list[float]] = {"to_standby": [], "to_vf": []}
+    carrier = vf_carrier  # before the first message (None: unknown)
+    active: Optional[str] = None
+    pending: Optional[tuple[str, float]] = None  # (direction, time of the carrier change)
+    for m in msgs:
+        if m.name == vf and not m.deleted:
+            if carrier is not None and m.carrier != carrier:
+                pending = ("to_vf" if m.carrier else "to_standby", m.t)
+            carrier = m.carrier
+        elif m.name == master and m.active_slave is not None:
+            if m.active_slave != active and pending is not None:
+                direction, t0 = pending
+                want = vf if direction == "to_vf" else standby
+                if m.active_slave == want:
+                    out[direction].append((m.t - t0) * 1000)
+                    pending = None
+            active = m.active_slave
+    return out
+
+
 # ------------------------------------------------------------------ a booted guest
 
 
@@ -314,6 +398,13 @@ class BenchGuest:
         doc: dict[str, Any] = json.loads(text)
         return doc
 
+    def diagnostics(self, lines: int = 60) -> dict[str, str]:
+        """The tails of the console and of every agent's log, for an error report."""
+        out = {"console": self.lab.console_tail(lines)}
+        for i in range(1, self.agents + 1):
+            out[f"agent{i}"] = self.lab.log_tail(f"agent{i}", lines)
+        return out
+
     # ----------------------------------------------------------- kernel
 
     def links(self) -> dict[str, dict[str, Any]]:
@@ -359,6 +450,15 @@ class BenchGuest:
         fields = text[text.rindex(")") + 2 :].split()
         # after "pid (comm) ": state is field 3, utime field 14, stime field 15
         return int(fields[11]), int(fields[12])
+
+    def rx_drops(self, name: str) -> dict[str, int]:
+        """A NIC's receive-side drop counters (the e1000's missed packets among them)."""
+        keys = ("rx_missed_errors", "rx_dropped", "rx_fifo_errors", "rx_over_errors")
+        r = self.lab.run("cat", *(f"/sys/class/net/{name}/statistics/{k}" for k in keys), check=False)
+        vals = r.out.split()
+        if r.rc != 0 or len(vals) != len(keys):
+            return {}
+        return {k: int(v) for k, v in zip(keys, vals)}
 
     def open_fds(self, pid: int) -> int:
         return len(self.lab.run("ls", f"/proc/{pid}/fd").out.split())

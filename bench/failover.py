@@ -52,6 +52,7 @@ LINK_DOWN_S = 4.0
 STEER_S = 3.0
 WINDOW_S = 5.0  # after an event: how long its row looks at the stream
 PLUG_TAIL_S = 2.0
+TAIL_NS = 500_000_000
 
 # row key -> (label, what it measures)
 ROWS: dict[str, str] = {
@@ -249,6 +250,11 @@ class Sequence:
         except RowSkipped as e:
             result["skipped"] = str(e)
             say(f"  {s.key} at {rate:g} pps: rest skipped: {e}")
+        except Exception as e:  # the rows measured so far still count
+            result["skipped"] = f"{type(e).__name__}: {e}"
+            result["trace"] = traceback.format_exc()
+            result["diagnostics"] = g.diagnostics()
+            say(f"  {s.key} at {rate:g} pps: failed, rest skipped: {e}")
         finally:
             report = g.stop_stream(self.stream)
         result["rows"] = self._rows(report)
@@ -381,6 +387,10 @@ class Sequence:
                 "replies_per_path": r.replies_per_path,
                 "duplicates": r.duplicates,
             }
+            if w.key != "steady":
+                # replies in the window's last 0.5 s: the setup had recovered when it closed
+                tail = report.window(w.t1 - TAIL_NS, w.t1)
+                row["recovered"] = tail.replied > 0
             if w.key == "hotplug":
                 first = r.first_reply_on_path_ns.get("vf0")
                 row["to_traffic_ms"] = (first - w.t0) / 1e6 if first is not None else None
@@ -493,9 +503,17 @@ def summarize(results: list[dict[str, Any]], p: Params) -> dict[str, Any]:
                         if m in metrics and (v is None or isinstance(v, (int, float))):
                             vals.setdefault(m, []).append(v)
                 per_row[key] = {m: spread(v) for m, v in vals.items()}
+                flags = [r["rows"][row].get("recovered") for r in runs if row in r["rows"]]
+                per_row[key]["not_recovered"] = sum(1 for f in flags if f is False)
             per_rate[row] = per_row
         out[f"{rate:g}"] = per_rate
     return out
+
+
+NOT_RECOVERED = (
+    "* in at least one repetition nothing came back in the last 0.5 s of the window: "
+    "the setup had not recovered when the window closed\n"
+)
 
 
 def render(res: dict[str, Any]) -> str:
@@ -514,7 +532,8 @@ def render(res: dict[str, Any]) -> str:
                 if row == "planned" and k != "guestfail":
                     out.append("n/a")
                 else:
-                    out.append(fmt_spread(cell.get(metric, {}), digits))
+                    mark = "*" if metric in ("lost", "gap_ms") and cell.get("not_recovered") else ""
+                    out.append(fmt_spread(cell.get(metric, {}), digits) + mark)
             return out
 
         lost_rows = []
@@ -526,13 +545,14 @@ def render(res: dict[str, Any]) -> str:
             gap_rows.append([label, *cells(row, "gap_ms")])
         parts.append(
             table(["packets lost", *heads], lost_rows, f"failover at {rate} pps: packets lost ({note})")
+            + NOT_RECOVERED
         )
         parts.append(
             table(["longest gap (ms)", *heads], gap_rows, f"failover at {rate} pps: longest gap, ms ({note})")
         )
         other = [
             ["device_add -> first reply over the VF (ms)", *cells("hotplug", "to_traffic_ms")],
-            ["device_add -> netdev in the guest (ms)", *cells("hotplug", "netdev_ms")],
+            ["device_add -> VF named by udev in the guest (ms)", *cells("hotplug", "netdev_ms")],
             ["set_link down -> guest sees no carrier (ms)", *cells("link_down", "carrier_lost_ms")],
             ["set_link up -> guest sees carrier (ms)", *cells("link_up", "carrier_back_ms")],
             ["device_del -> DEVICE_DELETED (ms)", *cells("surprise", "device_deleted_ms")],
