@@ -404,8 +404,9 @@ class Daemon:
         d = decide(self._facts(rec))
         rec.decision = d
         if not d.switch:
-            rec.pending_since_ns = None
-            rec.pending_why = ""
+            if rec.key not in self._switching:  # a switch in flight keeps its event time
+                rec.pending_since_ns = None
+                rec.pending_why = ""
             return
         if rec.master is None or rec.error:
             return

@@ -192,3 +192,31 @@ def test_state_file_follows_every_switch(tmp_path: Path) -> None:
         d._fast.shutdown()
 
     asyncio.run(go())
+
+
+def test_a_reconciliation_during_the_switch_keeps_the_event_time(tmp_path: Path) -> None:
+    async def go() -> None:
+        d, rec, fake = make_daemon(tmp_path)
+        orig = fake.set_active
+        evaluated = asyncio.Event()
+
+        def evaluate_meanwhile() -> None:
+            d._evaluate(rec, 10**12, "reconciled")  # what _apply_outcome does
+            evaluated.set()
+
+        def slow(master: int, mn: str, slave: int, sn: str) -> None:
+            orig(master, mn, slave, sn)
+            rec.active = slave  # the kernel's report already arrived
+            loop.call_soon_threadsafe(evaluate_meanwhile)
+
+        loop = asyncio.get_running_loop()
+        fake.set_active = slow  # type: ignore[method-assign,assignment]
+        d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
+        await evaluated.wait()
+        await settle(d)
+        (sw,) = rec.history
+        assert sw.reason == "ens11npf lost carrier"
+        assert sw.latency_ms is not None and sw.latency_ms > 0  # measured from the event, not from 0
+        d._fast.shutdown()
+
+    asyncio.run(go())
