@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--soak-flaps", type=int, help="soak: link flaps (default 500; --quick 5)")
     g.add_argument("--kills", type=int, help="soak: SIGKILLs of the agent (default 20; --quick 2)")
     g.add_argument(
-        "--storm", type=int, help="soak: veth pairs in the event storm (default 2000; --quick 300)"
+        "--storm", type=int, help="soak: veth pairs per burst of the event storm (default 1000; --quick 300)"
     )
     g.add_argument("--seed", type=int, help="soak: random seed of the kill delays (default: the time)")
     g = ap.add_argument_group("footprint")
@@ -107,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cycles=pick(args.cycles, 200, 3, q),
         flaps=pick(args.soak_flaps, 500, 5, q),
         kills=pick(args.kills, 20, 2, q),
-        storm=pick(args.storm, 2000, 300, q),
+        storm=pick(args.storm, 1000, 300, q),
         seed=args.seed if args.seed is not None else int(time.time()),
     )
 

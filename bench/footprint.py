@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from bench.common import (
     REPO,
@@ -48,8 +48,12 @@ def _median_ms(times: list[float]) -> dict[str, Any]:
 
 def guest_status_times(g: BenchGuest, args: list[str], n: int) -> dict[str, Any]:
     argv, env = agent_argv(*args)
+    return guest_times(g, argv, env, n)
+
+
+def guest_times(g: BenchGuest, argv: list[str], env: dict[str, str], n: int) -> dict[str, Any]:
     code = guest_python_timer(argv, env, n)
-    out = g.lab.run(sys.executable, "-c", code, timeout=60 + 30 * n).out
+    out = g.lab.run(sys.executable, "-c", code, timeout=120 + 60 * n).out
     return _median_ms(json.loads(out))
 
 
@@ -66,28 +70,42 @@ def host_status_times(n: int) -> dict[str, Any]:
     return _median_ms(times)
 
 
+def wait_quiet(g: BenchGuest, pid: int, quiet_s: int = 3, max_s: float = 120) -> float:
+    """Wait until the process used no CPU for `quiet_s` seconds in a row (the
+    pairing's last work done); returns the seconds waited."""
+    t0 = time.monotonic()
+    last, still = g.cpu_ticks(pid), 0
+    while still < quiet_s and time.monotonic() - t0 < max_s:
+        time.sleep(1.0)
+        now = g.cpu_ticks(pid)
+        still = still + 1 if now == last else 0
+        last = now
+    return time.monotonic() - t0
+
+
 def measure(g: BenchGuest, agent: Agent, p: Params) -> dict[str, Any]:
     pid = agent.pid
-    time.sleep(2.0)  # the pairing's last writes and notifications
+    settled = wait_quiet(g, pid)
+    say(f"footprint: the agent was quiet after {settled:.0f} s")
     mem = g.rss_kib(pid)
     say(f"footprint: agent pid {pid}: VmRSS {mem['VmRSS_kib']} KiB, {mem['Threads']} threads")
     clk = int(g.lab.run("getconf", "CLK_TCK").out.strip() or "100")
     u0, s0 = g.cpu_ticks(pid)
-    before = g.rss_kib(pid)
+    before = g.ctxt_switches(pid)
     say(f"footprint: {p.idle_s:g} s idle (nothing happens on any link)")
     t0 = time.monotonic()
     time.sleep(p.idle_s)
     u1, s1 = g.cpu_ticks(pid)
-    after = g.rss_kib(pid)
+    after = g.ctxt_switches(pid)
     wall = time.monotonic() - t0
     cpu_ms = ((u1 - u0) + (s1 - s0)) * 1000 / clk
 
-    def delta(key: str) -> Optional[int]:
-        a, b = before.get(key), after.get(key)
-        return b - a if a is not None and b is not None else None
+    def delta(key: str) -> int:
+        return after[key] - before[key]
 
     idle = {
         "seconds": round(wall, 1),
+        "quiet_before_s": round(settled, 1),
         "cpu_ms": cpu_ms,
         "utime_ticks": u1 - u0,
         "stime_ticks": s1 - s0,
@@ -99,11 +117,12 @@ def measure(g: BenchGuest, agent: Agent, p: Params) -> dict[str, Any]:
     say(f"footprint: idle CPU {cpu_ms:.0f} ms in {wall:.0f} s, {idle['voluntary_ctxt_switches']} wake-ups")
     say(f"footprint: `guestfail status` x{p.status_runs} in the guest and on this host")
     status = {
+        "guest_python": guest_times(g, [sys.executable, "-c", "pass"], {}, p.status_runs),
         "guest_dbus": guest_status_times(g, ["status"], p.status_runs),
         "guest_no_dbus": guest_status_times(g, ["status", "--no-dbus"], p.status_runs),
         "host_no_dbus": host_status_times(p.status_runs),
     }
-    return {"memory": mem, "memory_after_idle": after, "idle": idle, "status": status}
+    return {"memory": mem, "memory_after_idle": g.rss_kib(pid), "idle": idle, "status": status}
 
 
 def run(p: Params) -> dict[str, Any]:
@@ -123,9 +142,13 @@ def render(res: dict[str, Any]) -> str:
             f"{idle['cpu_ms']:.0f} ms ({idle['utime_ticks']}+{idle['stime_ticks']} ticks "
             f"of 1/{idle['clk_tck']} s)",
         ],
-        ["voluntary context switches while idle", fmt_num(idle["voluntary_ctxt_switches"])],
+        [
+            "voluntary context switches while idle (all threads; polling shows here)",
+            fmt_num(idle["voluntary_ctxt_switches"]),
+        ],
     ]
     for key, label in (
+        ("guest_python", "Python start-up alone in the guest (`python -c pass`; TCG)"),
         ("guest_dbus", "`guestfail status` in the guest (D-Bus; TCG)"),
         ("guest_no_dbus", "`guestfail status --no-dbus` in the guest (TCG)"),
         ("host_no_dbus", "`guestfail status --no-dbus` on this host (native)"),
