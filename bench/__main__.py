@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reps", type=int, help="repetitions per setup (default 5; --quick 1)")
     g.add_argument(
         "--rates",
-        default="auto",
-        help="stream rates, pps, comma-separated; auto (default): 1000, and 200 as well "
-        "if 1000 is not answered without loss in steady state",
+        default="1000,200",
+        help="stream rates, pps, comma-separated (default 1000,200); auto: 1000, and 200 "
+        "only if 1000 is not answered without loss in steady state",
     )
     g.add_argument(
         "--setups",

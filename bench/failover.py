@@ -317,6 +317,7 @@ class Sequence:
         g = self.g
         self.steady("vf0", "before link down")
         vf = self.setup.vf_name(g)
+        drops0 = g.rx_drops(vf)
         say(f"  {self.setup.key}: VF link down (set_link) for {LINK_DOWN_S:g} s, then up")
         t_down = now_ns()
         g.lab.set_link("vf0", up=False)
@@ -331,7 +332,10 @@ class Sequence:
             Window("link_up", t_up, t_up + int(WINDOW_S * 1e9)),
         ]
         self.extra["link_down"] = {"carrier_lost_ms": detect_down}
-        self.extra["link_up"] = {"carrier_back_ms": detect_up}
+        self.extra["link_up"] = {
+            "carrier_back_ms": detect_up,
+            "vf_rx_drops": _drops_delta(drops0, g.rx_drops(vf)),
+        }
 
     def _surprise_removal(self) -> None:
         g = self.g
@@ -354,7 +358,10 @@ class Sequence:
         t1 = now_ns() + int(PLUG_TAIL_S * 1e9)
         sleep_until(t1)
         self.windows.append(Window("hotplug", t0, t1))
-        self.extra["hotplug"] = {"netdev_ms": (t_nic - t0) / 1e6, "t_add_ns": t0}
+        self.extra["hotplug"] = {
+            "netdev_ms": (t_nic - t0) / 1e6,
+            "vf_rx_drops": _drops_delta({}, g.rx_drops(self.setup.vf_name(g))),
+        }
 
     def _planned_removal(self, replug: bool) -> None:
         g = self.g
@@ -394,11 +401,19 @@ class Sequence:
             if w.key == "hotplug":
                 first = r.first_reply_on_path_ns.get("vf0")
                 row["to_traffic_ms"] = (first - w.t0) / 1e6 if first is not None else None
-            row.update({k: v for k, v in self.extra.get(w.key, {}).items() if k != "t_add_ns"})
+            row.update(self.extra.get(w.key, {}))
             rows[w.key] = row
         if "bcast" in self.extra:
             rows["bcast"] = self.extra["bcast"]
         return rows
+
+
+def _drops_delta(before: dict[str, int], after: dict[str, int]) -> Optional[int]:
+    """What the VF's driver counted as dropped or missed on receive in between
+    (None: no counters).  Losses the guest's NIC saw, as opposed to the failover's."""
+    if not after:
+        return None
+    return sum(v - before.get(k, 0) for k, v in after.items())
 
 
 # ------------------------------------------------------------------ the run
@@ -487,6 +502,7 @@ def summarize(results: list[dict[str, Any]], p: Params) -> dict[str, Any]:
         "missing",
         "prepare_unplug_s",
         "device_deleted_ms",
+        "vf_rx_drops",
     }
     for rate in p.rates:
         per_rate: dict[str, Any] = {}
@@ -556,6 +572,8 @@ def render(res: dict[str, Any]) -> str:
             ["set_link down -> guest sees no carrier (ms)", *cells("link_down", "carrier_lost_ms")],
             ["set_link up -> guest sees carrier (ms)", *cells("link_up", "carrier_back_ms")],
             ["device_del -> DEVICE_DELETED (ms)", *cells("surprise", "device_deleted_ms")],
+            ["VF's own rx drops, link down + up (driver counters)", *cells("link_up", "vf_rx_drops")],
+            ["VF's own rx drops after hot-plug (driver counters)", *cells("hotplug", "vf_rx_drops")],
             ["prepare-unplug command (s, TCG)", *cells("planned", "prepare_unplug_s", 2)],
             [
                 f"broadcast duplicates (of {params['broadcasts']} flooded)",
