@@ -101,7 +101,7 @@ class Guest:
 
     def guestfail(self, *args: str, check: bool = False) -> Any:
         argv, env = agent_argv(*args)
-        return self.lab.run(*argv, env=env, check=check, timeout=120)
+        return self.lab.run(*argv, env=env, check=check, timeout=300)  # TCG: Python starts slowly
 
     def status(self) -> dict[str, Any]:
         r = self.guestfail("status", "--json", "--no-dbus")
