@@ -70,8 +70,8 @@ ROWS: dict[str, str] = {
 @dataclass
 class Params:
     reps: int = 5
-    rates: list[float] = field(default_factory=lambda: [1000.0])
-    auto_rates: bool = True  # add 200 pps if 1000 is not answered without loss in steady state
+    rates: list[float] = field(default_factory=lambda: [1000.0, 200.0])
+    auto_rates: bool = False  # True: 1000 pps, and 200 only if 1000 is not answered without loss
     steady_s: float = 10.0
     bcasts: int = 200
     setups: tuple[str, ...] = SETUPS
