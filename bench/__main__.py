@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -77,7 +78,15 @@ def pick(value: Optional[Any], full: Any, quick: Any, is_quick: bool) -> Any:
     return quick if is_quick else full
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    """SIGTERM/SIGHUP unwind like Ctrl-C: every lab's `with` block closes it,
+    so no QEMU outlives the harness."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
