@@ -55,7 +55,7 @@ WINDOW_S = 5.0  # after an event: how long its row looks at the stream
 PLUG_TAIL_S = 2.0
 TAIL_NS = 500_000_000
 
-# row key -> (label, what it measures)
+# row key -> its label in the tables (BENCHMARKS.md says how each is measured)
 ROWS: dict[str, str] = {
     "steady": "steady state (baseline)",
     "link_down": "VF link down (QEMU set_link, 4 s)",
@@ -100,7 +100,7 @@ class Setup:
         """The guest's network before any VF: the standby carries 192.0.2.2."""
         raise NotImplementedError
 
-    def plug(self, g: BenchGuest, first: bool) -> float:
+    def plug(self, g: BenchGuest, first: bool) -> int:
         """device_add and whatever the setup itself does to take the VF in;
         returns when the guest has the netdev (monotonic ns)."""
         g.lab.plug("vf0")
@@ -131,7 +131,7 @@ class KernelSetup(Setup):
         g.lab.run("ip", "link", "set", self.master, "up")
         g.lab.run("ip", "addr", "add", f"{GUEST_IP}/24", "dev", self.master)
 
-    def plug(self, g: BenchGuest, first: bool) -> float:
+    def plug(self, g: BenchGuest, first: bool) -> int:
         # QEMU plugs a failover primary only once the guest negotiated STANDBY
         g.lab.plug("vf0", wait=False)
         g.lab.wait_nic("vf0")
@@ -147,7 +147,7 @@ class GuestfailSetup(Setup):
         self.master = g.setup_standby()
         self.agent = g.start_agent(dbus=True)
 
-    def plug(self, g: BenchGuest, first: bool) -> float:
+    def plug(self, g: BenchGuest, first: bool) -> int:
         g.lab.plug("vf0")
         t = now_ns()
         g.wait_active(self.master, f"{self.master}npf")
@@ -168,7 +168,7 @@ class BondSetup(Setup):
         self.standby = g.setup_standby()
         self.master = "bond0"
 
-    def plug(self, g: BenchGuest, first: bool) -> float:
+    def plug(self, g: BenchGuest, first: bool) -> int:
         vf = g.lab.plug("vf0")
         t = now_ns()
         mac = topology.SBY_MAC
