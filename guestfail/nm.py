@@ -14,8 +14,13 @@ guestfail gives each master a profile of its own:
   standby when the pair was built; failing that, of a stored ethernet profile
   for the standby (by interface name or MAC); failing that, DHCP and SLAAC,
   which is what NetworkManager's automatic "Wired connection" does;
-* the members carry NM_UNMANAGED (the udev rule), so NetworkManager never
-  touches them.
+* the members carry NM_UNMANAGED (the udev rule).  A VF is claimed before it
+  appears, so NetworkManager never manages it.  NetworkManager reads that
+  mark only when a device appears, so the standby, its own device until it
+  was enslaved, stays a bond port it merely observes ("connected
+  (externally)"): NetworkManager configures no port.  guestfail does not
+  unmanage it over D-Bus: NetworkManager then detaches it from the bond,
+  and it starts no DHCP on a bond with no port it knows (measured in the lab).
 
 `guestfail release` deletes these profiles; NetworkManager then activates the
 user's own profile on the standby, which has its name back.

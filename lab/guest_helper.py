@@ -122,6 +122,14 @@ def link_attr(name: str, attr: str) -> Any:
             check=False,
         ).stdout
         return out.strip().split(" ")[0] if out.strip() else None
+    if attr == "nm_state_text":  # e.g. "100 (connected (externally))"
+        out = subprocess.run(
+            ["nmcli", "-g", "GENERAL.STATE", "device", "show", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return out.strip() or None
     if attr == "lower":
         return sorted(e[len("lower_") :] for e in os.listdir(base) if e.startswith("lower_"))
     raise ValueError(f"unknown attribute {attr}")
@@ -136,7 +144,8 @@ def link_by_mac(mac: str) -> list[str]:
 
 
 def evaluate(clauses: list[dict[str, Any]]) -> tuple[bool, list[Any]]:
-    """Every clause {"link": name, "attr": a, "eq": v} or {... "ne": v} must hold."""
+    """Every clause {"link": name, "attr": a, "eq": v} (or "ne": v, "in": [v...],
+    "has": v for list attributes) must hold."""
     seen = []
     ok = True
     for c in clauses:
@@ -148,6 +157,8 @@ def evaluate(clauses: list[dict[str, Any]]) -> tuple[bool, list[Any]]:
             val = link_attr(c["link"], c["attr"])
             if "has" in c:
                 good = isinstance(val, list) and c["has"] in val
+            elif "in" in c:
+                good = val in c["in"]
             else:
                 good = val == c["eq"] if "eq" in c else val != c["ne"]
         seen.append(val)

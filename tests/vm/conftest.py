@@ -34,6 +34,11 @@ def _logs(guest: Guest) -> list[tuple[str, str]]:
     out = [("guest console (tail)", lab.console_tail(60))]
     for i in range(1, guest.agents + 1):
         out.append((f"guest agent{i}.log (tail)", lab.log_tail(f"agent{i}", 120)))
+    # what else the test started in the guest (NetworkManager, networkd, teamd...)
+    for log in sorted(lab.workdir.glob("*.log")):
+        key = log.stem
+        if key not in ("console", "stdout") and not key.startswith("agent"):
+            out.append((f"guest {key}.log (tail)", lab.log_tail(key, 80)))
     return out
 
 

@@ -93,14 +93,28 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
     assert ack.yiaddr == GUEST_IP
     wait_address(g, master)
 
-    # the members' marks arrive with udev's events for them (NetworkManager
-    # follows udev): wait for NetworkManager's own view, 10 = unmanaged
-    unmanaged = [{"link": m, "attr": "nm_state", "eq": "10"} for m in (nsby, npf)]
-    g.lab.wait_net(unmanaged, timeout=60, what="the members unmanaged")
-    listing = g.lab.run("nmcli", "-t", "-f", "DEVICE,STATE", "device").out
-    devices = dict(line.split(":", 1) for line in listing.splitlines())
-    assert devices[nsby] == devices[npf] == "unmanaged"
-    assert devices[master] == "connected"
+    # NetworkManager configures no member.  The VF is unmanaged from the udev
+    # event that announced it.  The standby was NetworkManager's own device
+    # until guestfail enslaved it: NetworkManager reads udev's mark only when
+    # a device appears, so it keeps the standby as a bond port it merely
+    # observes ("connected (externally)", its own profile gone).  Unmanaging
+    # it over D-Bus instead makes NetworkManager detach it from the bond, and
+    # a bond without a port NetworkManager knows never gets DHCP (measured).
+    left_alone = ["10 (unmanaged)", "100 (connected (externally))"]
+    g.lab.wait_net(
+        [
+            {"link": npf, "attr": "nm_state_text", "eq": "10 (unmanaged)"},
+            {"link": nsby, "attr": "nm_state_text", "in": left_alone},
+        ],
+        timeout=60,
+        what="the members left alone",
+    )
+    listing = g.lab.run("nmcli", "-t", "-f", "DEVICE,STATE,CONNECTION", "device").out
+    devices = {d: (st, c) for d, st, c in (line.split(":", 2) for line in listing.splitlines())}
+    assert devices[npf][0] == "unmanaged"
+    assert devices[nsby][0] in ("unmanaged", "connected (externally)")
+    assert devices[nsby][1] in ("", nsby)  # not the user's profile: NetworkManager's record of a port
+    assert devices[master] == ("connected", f"guestfail {master}")
     assert_members_have_no_address(g, nsby, npf)
     # NetworkManager never took the VF: it was unmanaged in the event that announced it
     nm_log = g.lab.log_tail("nm", 100000)

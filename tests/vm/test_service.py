@@ -10,7 +10,7 @@ import pytest
 
 from lab import topology
 
-from .helpers import Guest, agent_argv, replies_on, stream_start, stream_stop
+from .helpers import Guest, agent_argv, peer_wait, replies_on, stream_start, stream_stop
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -63,6 +63,17 @@ def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-u
     out = json.loads(g.lab.run(*agent_argv("prepare-unplug", npf)[0], env=env).out)
     assert (out["active"], out["drained"]) == (nsby, True)
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == nsby
+    # The lab's VF stand-in (QEMU's e1000, legacy INTx) can miss the interrupt
+    # for a frame that lands while the bond rewrites its RX mode; its driver's
+    # 2-s watchdog delivers it (measured: held ~1 s, then answered through the
+    # standby).  A real VF (MSI-X) has no such hold.  So wait for every request
+    # sent down the VF path to be answered, then unplug: nothing may be lost.
+    peer_wait(
+        g.lab,
+        lambda _: all(r.recv_ns is not None for r in stream.report().records if r.sent_path == "vf0"),
+        timeout=5,
+        what="every request sent to the VF answered",
+    )
     t_unplug = time.monotonic_ns()
     g.lab.unplug("vf0")
     replies_on(g.lab, stream, "sb0", 200)
@@ -73,6 +84,8 @@ def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-u
     assert window.lost == 0, (
         f"lost (ms after prepare-unplug, path): {lost}; unplug at {(t_unplug - t0) / 1e6:.0f} ms"
     )
-    (pair,) = json.loads(g.lab.run(*argv, env=env).out)["pairs"]
+    after = g.lab.run(*argv, env=env, check=False)
+    assert after.rc == 3  # degraded (documented): the standby carries the pair alone
+    (pair,) = json.loads(after.out)["pairs"]
     assert pair["drained"] is False  # the drained VF is gone: drain complete
     assert any(s["reason"] == "prepare-unplug" and s["to"] == nsby for s in pair["history"])
