@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from lab.agent import agent_argv, install_files, start_system_bus
 from lab.peer import Stream, StreamReport
 from lab.topology import Topology
 from lab.vm import Completed, Lab, LabError, accel, guest_kernel
@@ -147,13 +148,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = ""
 
 
 # ------------------------------------------------------------------ the agent
-
-
-def agent_argv(*args: str) -> tuple[list[str], dict[str, str]]:
-    """guestfail in the guest: this checkout, or the installed package."""
-    if os.environ.get("GUESTFAIL_LAB_AGENT") == "installed":
-        return ["/usr/bin/guestfail", *args], {}
-    return [sys.executable, "-m", "guestfail", *args], {"PYTHONPATH": str(REPO)}
 
 
 @dataclass
@@ -327,20 +321,10 @@ class BenchGuest:
 
     def install(self) -> None:
         """What the package installs besides the code (tests/vm does the same)."""
-        if os.environ.get("GUESTFAIL_LAB_AGENT") == "installed":
-            return
-        rules = (REPO / "udev-rules" / "81-guestfail.rules").read_text()
-        self.lab.write_file("/run/udev/rules.d/81-guestfail.rules", rules)
-        network = (REPO / "packaging" / "networkd" / "05-guestfail-members.network").read_text()
-        self.lab.write_file("/run/systemd/network/05-guestfail-members.network", network)
-        self.lab.run("udevadm", "control", "--reload")
+        install_files(self.lab)
 
     def start_system_bus(self) -> None:
-        if os.environ.get("GUESTFAIL_LAB_AGENT") != "installed":
-            policy = (REPO / "packaging" / "dbus" / "io.github.guestfail1.conf").read_text()
-            self.lab.write_file("/etc/dbus-1/system.d/io.github.guestfail1.conf", policy)
-        self.lab.run("mkdir", "-p", "/run/dbus")
-        self.lab.run("dbus-daemon", "--system", "--fork")
+        start_system_bus(self.lab)
 
     def setup_standby(self, nic: str = "sb0", ip: str = GUEST_IP, prefix: int = 24) -> str:
         name = self.lab.ifname(nic)

@@ -20,7 +20,6 @@ from bench.common import (
     REPO,
     Agent,
     BenchGuest,
-    agent_argv,
     fmt_num,
     guest_python_timer,
     say,
@@ -28,6 +27,7 @@ from bench.common import (
 )
 from bench.reaction import paired
 from lab import topology
+from lab.agent import agent_argv
 
 
 @dataclass

@@ -114,22 +114,16 @@ def link_attr(name: str, attr: str) -> Any:
             return sorted(a["local"] for e in json.loads(out or "[]") for a in e.get("addr_info", []))
         except (ValueError, KeyError):
             return None
-    if attr == "nm_state":
+    if attr in ("nm_state", "nm_state_text"):  # "100", or "100 (connected (externally))"
         out = subprocess.run(
             ["nmcli", "-g", "GENERAL.STATE", "device", "show", name],
             capture_output=True,
             text=True,
             check=False,
-        ).stdout
-        return out.strip().split(" ")[0] if out.strip() else None
-    if attr == "nm_state_text":  # e.g. "100 (connected (externally))"
-        out = subprocess.run(
-            ["nmcli", "-g", "GENERAL.STATE", "device", "show", name],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        return out.strip() or None
+        ).stdout.strip()
+        if not out:
+            return None
+        return out if attr == "nm_state_text" else out.split(" ")[0]
     if attr == "lower":
         return sorted(e[len("lower_") :] for e in os.listdir(base) if e.startswith("lower_"))
     raise ValueError(f"unknown attribute {attr}")

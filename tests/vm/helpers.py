@@ -9,13 +9,12 @@ checkout.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from lab.agent import agent_argv, install_files, start_system_bus
 from lab.vm import Lab, guest_kernel
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -34,12 +33,6 @@ def lab_available() -> Optional[str]:
     return None
 
 
-def agent_argv(*args: str) -> tuple[list[str], dict[str, str]]:
-    if os.environ.get("GUESTFAIL_LAB_AGENT") == "installed":
-        return ["/usr/bin/guestfail", *args], {}
-    return [sys.executable, "-m", "guestfail", *args], {"PYTHONPATH": str(REPO)}
-
-
 @dataclass
 class Guest:
     """A booted lab with guestfail's helpers."""
@@ -50,24 +43,10 @@ class Guest:
 
     # ----------------------------------------------------------- agent
     def install(self) -> None:
-        """What the package installs besides the code: the udev rule and the
-        networkd file (the installed package brings its own)."""
-        if os.environ.get("GUESTFAIL_LAB_AGENT") == "installed":
-            return
-        rules = (REPO / "udev-rules" / "81-guestfail.rules").read_text()
-        self.lab.write_file("/run/udev/rules.d/81-guestfail.rules", rules)
-        network = (REPO / "packaging" / "networkd" / "05-guestfail-members.network").read_text()
-        self.lab.write_file("/run/systemd/network/05-guestfail-members.network", network)
-        self.lab.run("udevadm", "control", "--reload")
+        install_files(self.lab)
 
     def start_system_bus(self) -> None:
-        """A real system bus in the guest (dbus-daemon), with guestfail's
-        policy as the package installs it; teamd's comes with libteam-utils."""
-        if os.environ.get("GUESTFAIL_LAB_AGENT") != "installed":
-            policy = (REPO / "packaging" / "dbus" / "io.github.guestfail1.conf").read_text()
-            self.lab.write_file("/etc/dbus-1/system.d/io.github.guestfail1.conf", policy)
-        self.lab.run("mkdir", "-p", "/run/dbus")
-        self.lab.run("dbus-daemon", "--system", "--fork")
+        start_system_bus(self.lab)
 
     def wait_team_active(self, master: str, port: str, timeout: float = 60) -> None:
         self.lab.wait_net(

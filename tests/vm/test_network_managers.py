@@ -8,10 +8,11 @@ import time
 from typing import Any
 
 from lab import topology
+from lab.agent import agent_argv
 from lab.dhcp import DhcpServer
 from lab.topology import SBY_MAC
 
-from .helpers import GUEST_IP, Guest, agent_argv
+from .helpers import GUEST_IP, Guest
 
 LEASE = 20  # seconds: renewals every 10 s, so one follows every switch
 
@@ -70,6 +71,19 @@ def switch_and_renew(g: Guest, dhcp: DhcpServer, master: str, nsby: str, npf: st
     wait_address(g, master)
 
 
+def switch_unplug_replug(g: Guest, dhcp: DhcpServer, master: str, nsby: str, npf: str) -> None:
+    """Link down and up, then the VF unplugged and plugged at another slot:
+    the master keeps its address throughout, the members never get one."""
+    switch_and_renew(g, dhcp, master, nsby, npf)
+    g.lab.unplug("vf0")
+    g.wait_active(master, nsby)
+    wait_address(g, master)
+    g.lab.plug("vf0", port="p3")
+    g.wait_active(master, npf)
+    wait_address(g, master)
+    assert_members_have_no_address(g, nsby, npf)
+
+
 def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ignore[no-untyped-def]
     g, dhcp, sby = boot_with_dhcp(boot)
     g.lab.spawn("nm", ["NetworkManager", "--debug"])  # no daemon, log to stderr
@@ -123,14 +137,7 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
         assert f"({name}): Activation" not in nm_log
     assert not [e for e in dhcp.find(after_ns=t0) if e.path == "vf0" and e.t_ns < t_plug]
 
-    switch_and_renew(g, dhcp, master, nsby, npf)
-    g.lab.unplug("vf0")
-    g.wait_active(master, nsby)
-    wait_address(g, master)
-    g.lab.plug("vf0", port="p3")
-    g.wait_active(master, npf)
-    wait_address(g, master)
-    assert_members_have_no_address(g, nsby, npf)
+    switch_unplug_replug(g, dhcp, master, nsby, npf)
 
     # removing guestfail gives the plain setup back: NetworkManager's own
     # profile on the standby, which has its name back
@@ -183,13 +190,7 @@ def test_systemd_networkd_configures_the_master_by_its_name(boot) -> None:  # ty
     assert links[master] in ("configured", "configuring"), links
     assert_members_have_no_address(g, nsby, npf)
 
-    switch_and_renew(g, dhcp, master, nsby, npf)
-    g.lab.unplug("vf0")
-    g.wait_active(master, nsby)
-    g.lab.plug("vf0", port="p3")
-    g.wait_active(master, npf)
-    wait_address(g, master)
-    assert_members_have_no_address(g, nsby, npf)
+    switch_unplug_replug(g, dhcp, master, nsby, npf)
 
     g.kill_agent("agent1", "SIGTERM")
     argv, env = agent_argv("release", "--all")

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from lab import topology
+from lab.agent import agent_argv
 
-from .helpers import Guest, agent_argv, peer_wait, replies_on, stream_start, stream_stop
+from .helpers import Guest, peer_wait, replies_on, stream_start, stream_stop
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
