@@ -9,8 +9,10 @@ checkout.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
-from typing import Callable
+from types import FrameType
+from typing import Callable, Optional
 
 import pytest
 
@@ -18,6 +20,18 @@ from lab.topology import Topology
 from lab.vm import Lab
 
 from .helpers import Guest, lab_available
+
+
+def _interrupt(signum: int, _frame: Optional[FrameType]) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM or SIGHUP (a CI timeout, a closed terminal) stops the run like
+    Ctrl-C: pytest then tears the current lab down, so no QEMU outlives it."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
