@@ -123,6 +123,7 @@ class Daemon:
         self._names: dict[str, str] = {str(k): str(v) for k, v in dict(names.get("names", {})).items()}
         self._nm: Optional[NetworkManager] = None
         self._nm_done: set[str] = set()
+        self._nm_handback: set[str] = set()  # pair keys whose standby NetworkManager let go
         self._nm_captured: dict[str, dict[str, Any]] = {}
         self._nm_restarted = False
         self._watcher: Optional[NameWatcher] = None
@@ -275,7 +276,23 @@ class Daemon:
             log.warning("NetworkManager: no profile for %s: %s", master, e)
 
     def _nm_sync(self, nm: NetworkManager, out: Outcome) -> None:
-        """Every master gets its NetworkManager profile (see guestfail.nm)."""
+        """Every master gets its NetworkManager profile, every standby
+        guestfail took from NetworkManager is handed back (see guestfail.nm)."""
+        for p in out.result.pairings:
+            if p.key not in self._nm_handback:
+                continue
+            self._nm_handback.discard(p.key)
+            sby = out.snap.get(p.standby)
+            if sby is None:
+                continue
+            try:
+                nm.set_managed(sby.name, True)
+                master = out.snap.get(sby.master)
+                log.info("NetworkManager: %s handed back", sby.name)
+                if master is not None and master.ifindex == out.masters.get(p.key):
+                    nm.ensure_port(master.name, sby.name)
+            except BusError as e:
+                log.warning("NetworkManager: %s not handed back: %s", sby.name, e)
         for p in out.result.pairings:
             master = out.snap.get(out.masters.get(p.key))
             if master is None or master.name in self._nm_done or master.bond is None:
@@ -611,9 +628,17 @@ class Daemon:
                     isinstance(st, (Rename, Enslave)) and st.link == spec.standby for st in plan.steps
                 ):
                     # what NetworkManager applied to the standby, before it goes
-                    captured = nm.applied(snap.links[spec.standby].name)
+                    sby_name = snap.links[spec.standby].name
+                    captured = nm.applied(sby_name)
                     if captured is not None:
                         self._nm_captured[pairing.key] = captured
+                    # NetworkManager lets go of the standby before guestfail
+                    # touches it, and finds it again as a port (see guestfail.nm)
+                    try:
+                        if nm.set_managed(sby_name, False):
+                            self._nm_handback.add(pairing.key)
+                    except BusError as e:
+                        log.warning("NetworkManager: %s not handed over: %s", sby_name, e)
                 done += len(plan.steps)
                 hook = None
                 if nm is not None:

@@ -31,12 +31,12 @@ if TYPE_CHECKING:
     from guestfail.daemon import Daemon
 
 try:
-    from dbus_fast import BusType, DBusError, Message, MessageType
+    from dbus_fast import BusType, DBusError, Message, MessageType, Variant
     from dbus_fast.aio import MessageBus
     from dbus_fast.constants import PropertyAccess
     from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 except ImportError:  # pragma: no cover - the fallback for older distributions
-    from dbus_next import BusType, DBusError, Message, MessageType  # type: ignore[no-redef]
+    from dbus_next import BusType, DBusError, Message, MessageType, Variant  # type: ignore[no-redef]
     from dbus_next.aio import MessageBus  # type: ignore[no-redef]
     from dbus_next.constants import PropertyAccess  # type: ignore[no-redef]
     from dbus_next.service import (  # type: ignore[no-redef]
@@ -282,6 +282,19 @@ class BusClient:
             destination, path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, name]
         )
         return value.value
+
+    def set_property(
+        self, destination: str, path: str, interface: str, name: str, sig: str, value: Any
+    ) -> None:
+        self.call(
+            destination,
+            path,
+            "org.freedesktop.DBus.Properties",
+            "Set",
+            "ssv",
+            [interface, name, Variant(sig, value)],
+            f"{destination} set {name}",
+        )
 
     def has_owner(self, name: str) -> bool:
         try:

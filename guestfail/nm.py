@@ -16,11 +16,19 @@ guestfail gives each master a profile of its own:
   which is what NetworkManager's automatic "Wired connection" does;
 * the members carry NM_UNMANAGED (the udev rule).  A VF is claimed before it
   appears, so NetworkManager never manages it.  NetworkManager reads that
-  mark only when a device appears, so the standby, its own device until it
-  was enslaved, stays a bond port it merely observes ("connected
-  (externally)"): NetworkManager configures no port.  guestfail does not
-  unmanage it over D-Bus: NetworkManager then detaches it from the bond,
-  and it starts no DHCP on a bond with no port it knows (measured in the lab).
+  mark only when a device appears, and the standby was its own device, with
+  the user's profile active on it: left alone, NetworkManager keeps running
+  that profile's DHCP on the renamed, enslaved standby (and adds the lease
+  to it) until the DHCP times out, then detaches it from the bond (measured
+  in the lab).  So guestfail hands the standby over: it sets it unmanaged
+  (runtime only, as `nmcli device set X managed no`; NetworkManager then lets
+  go without removing anything) before its first step on it, and managed
+  again once it is enslaved, with a port profile of guestfail's (in memory,
+  never autoconnected: type ethernet, master = the master, slave-type bond)
+  activated on it.  NetworkManager then holds it as a bond port, which gets
+  no IP configuration.  It cannot stay unmanaged: NetworkManager starts no
+  DHCP on a bond with no port it knows (measured: the master stays in
+  ip-config).
 
 `guestfail release` deletes these profiles; NetworkManager then activates the
 user's own profile on the standby, which has its name back.
@@ -46,6 +54,7 @@ SETTINGS_IFACE = "org.freedesktop.NetworkManager.Settings"
 CONNECTION_IFACE = "org.freedesktop.NetworkManager.Settings.Connection"
 DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
 ACTIVE_IFACE = "org.freedesktop.NetworkManager.Connection.Active"
+STATE_UNMANAGED = 10  # NM_DEVICE_STATE_UNMANAGED
 STATE_PREPARE = 40  # NM_DEVICE_STATE_PREPARE
 SETTLE_SECONDS = 10.0
 ADD_IN_MEMORY = 0x2
@@ -93,6 +102,26 @@ def bond_profile(
     return profile
 
 
+def port_profile_id(master: str, port: str) -> str:
+    return f"{profile_id(master)} port {port}"
+
+
+def port_profile(master: str, port: str, uid: str) -> dict[str, dict[str, Any]]:
+    """A bond port profile: NetworkManager attaches `port` to `master` and
+    gives it no IP configuration (pure)."""
+    return {
+        "connection": {
+            "id": _variant("s", port_profile_id(master, port)),
+            "uuid": _variant("s", uid),
+            "type": _variant("s", "802-3-ethernet"),
+            "interface-name": _variant("s", port),
+            "master": _variant("s", master),
+            "slave-type": _variant("s", "bond"),
+            "autoconnect": _variant("b", False),
+        },
+    }
+
+
 def bond_options(mode_opts: dict[str, str]) -> dict[str, str]:
     return {"mode": "active-backup", **mode_opts}
 
@@ -117,6 +146,19 @@ class NetworkManager:
         except BusError:
             return None
         return str(path)
+
+    def set_managed(self, ifname: str, managed: bool) -> bool:
+        """Set NetworkManager's runtime Managed flag on `ifname` (what `nmcli
+        device set X managed no|yes` does) unless it is so already; True if
+        it changed something."""
+        dev = self.device(ifname)
+        if dev is None:
+            return False
+        unmanaged = int(self.bus.get_property(NM, dev, DEVICE_IFACE, "State")) == STATE_UNMANAGED
+        if unmanaged != managed:
+            return False
+        self.bus.set_property(NM, dev, DEVICE_IFACE, "Managed", "b", managed)
+        return True
 
     def applied(self, ifname: str) -> Optional[dict[str, Any]]:
         """The settings of the profile active on `ifname` now, if any."""
@@ -190,6 +232,29 @@ class NetworkManager:
         self._activate(path, master)
         return path if made else None
 
+    def ensure_port(self, master: str, port: str) -> None:
+        """`port` becomes NetworkManager's port of `master` (see the module
+        doc): add its in-memory port profile unless it is there, activate it."""
+        path: Optional[str] = None
+        for p, s in self.profiles():
+            cid = s.get("connection", {}).get("id")
+            if cid is not None and cid.value == port_profile_id(master, port):
+                path = p
+        if path is None:
+            added, _result = self._call(
+                SETTINGS_PATH,
+                SETTINGS_IFACE,
+                "AddConnection2",
+                "a{sa{sv}}ua{sv}",
+                [port_profile(master, port, str(uuid.uuid4())), ADD_IN_MEMORY, {}],
+            )
+            path = str(added)
+        dev = self.device(port)
+        if dev is None:
+            raise BusError(f"NetworkManager does not know {port}")
+        self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
+        log.info("NetworkManager: %s for %s", port_profile_id(master, port), port)
+
     def _activate(self, path: str, master: str) -> None:
         """Activate the profile on the master unless it is active there, and
         return once NetworkManager has left the master's previous (external)
@@ -237,9 +302,10 @@ class NetworkManager:
             cid = s.get("connection", {}).get("id")
             if cid is None or not cid.value.startswith(PROFILE_PREFIX):
                 continue
-            master = cid.value[len(PROFILE_PREFIX) :]
+            master = cid.value[len(PROFILE_PREFIX) :].split(" port ", 1)[0]
             if masters is not None and master not in masters:
                 continue
             self._call(path, CONNECTION_IFACE, "Delete")
-            gone.append(master)
+            if " port " not in cid.value:
+                gone.append(master)
         return gone

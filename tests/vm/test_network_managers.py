@@ -108,33 +108,37 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
     wait_address(g, master)
 
     # NetworkManager configures no member.  The VF is unmanaged from the udev
-    # event that announced it.  The standby was NetworkManager's own device
-    # until guestfail enslaved it: NetworkManager reads udev's mark only when
-    # a device appears, so it keeps the standby as a bond port it merely
-    # observes ("connected (externally)", its own profile gone).  Unmanaging
-    # it over D-Bus instead makes NetworkManager detach it from the bond, and
-    # a bond without a port NetworkManager knows never gets DHCP (measured).
-    left_alone = ["10 (unmanaged)", "100 (connected (externally))"]
+    # event that announced it.  The standby was NetworkManager's own device:
+    # guestfail took it over unmanaged and handed it back once enslaved, and
+    # NetworkManager now holds it as a bond port (a port has no IP settings)
+    # under guestfail's port profile: a bond with no port NetworkManager
+    # knows never gets DHCP (see guestfail.nm).
+    port = f"guestfail {master} port {nsby}"
     g.lab.wait_net(
         [
             {"link": npf, "attr": "nm_state_text", "eq": "10 (unmanaged)"},
-            {"link": nsby, "attr": "nm_state_text", "in": left_alone},
+            {"link": nsby, "attr": "nm_state_text", "eq": "100 (connected)"},
         ],
         timeout=60,
-        what="the members left alone",
+        what="the VF unmanaged, the standby NetworkManager's bond port",
     )
     listing = g.lab.run("nmcli", "-t", "-f", "DEVICE,STATE,CONNECTION", "device").out
     devices = {d: (st, c) for d, st, c in (line.split(":", 2) for line in listing.splitlines())}
-    assert devices[npf][0] == "unmanaged"
-    assert devices[nsby][0] in ("unmanaged", "connected (externally)")
-    assert devices[nsby][1] in ("", nsby)  # not the user's profile: NetworkManager's record of a port
+    assert devices[npf] == ("unmanaged", "")
+    assert devices[nsby] == ("connected", port)
     assert devices[master] == ("connected", f"guestfail {master}")
+    slave_type = g.lab.run(
+        "nmcli", "-g", "connection.slave-type,connection.master", "connection", "show", port
+    )
+    assert slave_type.out.split() == ["bond", master]
     assert_members_have_no_address(g, nsby, npf)
     # NetworkManager never took the VF: it was unmanaged in the event that announced it
     nm_log = g.lab.log_tail("nm", 100000)
     for name in (vf_kernel_name, npf):
         assert f"{name}): state change: unmanaged -> unavailable" not in nm_log
         assert f"({name}): Activation" not in nm_log
+    # and never ran DHCP on the standby once it was a member
+    assert f"dhcp4 ({nsby})" not in nm_log
     assert not [e for e in dhcp.find(after_ns=t0) if e.path == "vf0" and e.t_ns < t_plug]
 
     switch_unplug_replug(g, dhcp, master, nsby, npf)
@@ -143,7 +147,7 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
     # profile on the standby, which has its name back
     g.kill_agent("agent1", "SIGTERM")
     argv, env = agent_argv("release", "--all")
-    out = g.lab.run(*argv, env=env).out
+    out = g.lab.run(*argv, env=env, timeout=300).out  # TCG: Python starts slowly
     assert f"released {master}" in out and f"NetworkManager profile of {master}" in out
     t = ns()
     g.lab.wait_net(
@@ -194,7 +198,7 @@ def test_systemd_networkd_configures_the_master_by_its_name(boot) -> None:  # ty
 
     g.kill_agent("agent1", "SIGTERM")
     argv, env = agent_argv("release", "--all")
-    g.lab.run(*argv, env=env)
+    g.lab.run(*argv, env=env, timeout=300)  # TCG: Python starts slowly
     t = ns()
     assert "linkinfo" not in g.link(sby)
     wait_address(g, sby)
