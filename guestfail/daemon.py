@@ -124,6 +124,7 @@ class Daemon:
         self._nm: Optional[NetworkManager] = None
         self._nm_done: set[str] = set()
         self._nm_handback: set[str] = set()  # pair keys whose standby NetworkManager let go
+        self._nm_ports_checked = False  # every paired standby's port, once per NetworkManager start
         self._nm_captured: dict[str, dict[str, Any]] = {}
         self._nm_restarted = False
         self._watcher: Optional[NameWatcher] = None
@@ -251,10 +252,13 @@ class Daemon:
             return None
         if self._nm is None:
             self._nm = NetworkManager(BusClient())
+        if not self._nm.running():
+            return None
         if self._nm_restarted:
             self._nm_restarted = False
             self._nm_done.clear()
-        return self._nm if self._nm.running() else None
+            self._nm_ports_checked = False
+        return self._nm
 
     def _nm_take_over(self, nm: NetworkManager, key: str, master: str, spec: Any) -> None:
         """NetworkManager takes the master over while it is still empty: it
@@ -275,24 +279,35 @@ class Daemon:
         except BusError as e:
             log.warning("NetworkManager: no profile for %s: %s", master, e)
 
-    def _nm_sync(self, nm: NetworkManager, out: Outcome) -> None:
-        """Every master gets its NetworkManager profile, every standby
-        guestfail took from NetworkManager is handed back (see guestfail.nm)."""
+    def _nm_ports(self, nm: NetworkManager, out: Outcome) -> None:
+        """Hand back the standbys guestfail took from NetworkManager, as bond
+        ports under guestfail's port profile; when NetworkManager (re)starts,
+        every paired standby (it reads the member's udev mark then)."""
+        everyone = not self._nm_ports_checked
+        self._nm_ports_checked = True
         for p in out.result.pairings:
-            if p.key not in self._nm_handback:
+            taken = p.key in self._nm_handback
+            if not (taken or everyone):
                 continue
             self._nm_handback.discard(p.key)
             sby = out.snap.get(p.standby)
+            master = out.snap.get(out.masters.get(p.key))
             if sby is None:
                 continue
             try:
-                nm.set_managed(sby.name, True)
-                master = out.snap.get(sby.master)
-                log.info("NetworkManager: %s handed back", sby.name)
-                if master is not None and master.ifindex == out.masters.get(p.key):
-                    nm.ensure_port(master.name, sby.name)
+                if master is None or sby.master != master.ifindex:
+                    if taken and nm.set_managed(sby.name, True):
+                        log.info("NetworkManager: %s handed back, not paired", sby.name)
+                    continue
+                if nm.set_managed(sby.name, True):
+                    log.info("NetworkManager: %s handed back as a port of %s", sby.name, master.name)
+                nm.ensure_port(master.name, sby.name)
             except BusError as e:
                 log.warning("NetworkManager: %s not handed back: %s", sby.name, e)
+
+    def _nm_sync(self, nm: NetworkManager, out: Outcome) -> None:
+        """Every master gets its NetworkManager profile, then every standby
+        its port profile (see guestfail.nm)."""
         for p in out.result.pairings:
             master = out.snap.get(out.masters.get(p.key))
             if master is None or master.name in self._nm_done or master.bond is None:
@@ -316,6 +331,7 @@ class Daemon:
                 self._nm_done.add(master.name)
             except BusError as e:
                 log.warning("NetworkManager: no profile for %s: %s", master.name, e)
+        self._nm_ports(nm, out)
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """fn(signal_name, payload) for PairCreated, PairRemoved, ActiveChanged, Refused."""

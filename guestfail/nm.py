@@ -252,6 +252,9 @@ class NetworkManager:
         dev = self.device(port)
         if dev is None:
             raise BusError(f"NetworkManager does not know {port}")
+        active = self.bus.get_property(NM, dev, DEVICE_IFACE, "ActiveConnection")
+        if active != "/" and self.bus.get_property(NM, active, ACTIVE_IFACE, "Connection") == path:
+            return
         self._call(NM_PATH, NM_IFACE, "ActivateConnection", "ooo", [path, dev, "/"])
         log.info("NetworkManager: %s for %s", port_profile_id(master, port), port)
 

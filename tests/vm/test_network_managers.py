@@ -143,6 +143,26 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
 
     switch_unplug_replug(g, dhcp, master, nsby, npf)
 
+    # NetworkManager restarted while the pair stands (the boot order when the
+    # VF is there at boot: guestfail pairs before network-pre.target): it reads
+    # the members' udev marks now, and guestfail hands the standby back as the
+    # bond's port, so the master is connected again and renews its lease
+    g.lab.signal("nm", "SIGTERM")
+    assert g.lab.wait_proc("nm", timeout=60) is not None
+    g.lab.spawn("nm-again", ["NetworkManager", "--debug"])
+    g.lab.wait_net(
+        [
+            {"link": master, "attr": "nm_state", "eq": "100"},
+            {"link": nsby, "attr": "nm_state_text", "eq": "100 (connected)"},
+            {"link": npf, "attr": "nm_state_text", "eq": "10 (unmanaged)"},
+        ],
+        timeout=120,
+        what="NetworkManager back: the master connected, the standby its port",
+    )
+    t = ns()
+    assert wait_ack(g, dhcp, t, kind="renew").path == "vf0"
+    assert_members_have_no_address(g, nsby, npf)
+
     # removing guestfail gives the plain setup back: NetworkManager's own
     # profile on the standby, which has its name back
     g.kill_agent("agent1", "SIGTERM")
