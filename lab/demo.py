@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from lab import topology
+from lab.agent import agent_argv, install_files
 from lab.vm import Lab, accel, guest_kernel
 
-REPO = Path(__file__).resolve().parent.parent
 GUEST_IP = "192.0.2.2"
 
 
@@ -37,21 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=200, help="pings per second from the peer (default 200)")
     args = ap.parse_args(argv)
 
-    env = {"PYTHONPATH": str(REPO)}
-    gf = [sys.executable, "-m", "guestfail"]
     say(f"booting {guest_kernel()} under QEMU ({accel()}); this takes most of a minute under TCG")
     with Lab(topology.basic(), name="demo") as lab:
         say(f"guest up in {lab.boot_seconds:.0f} s: {lab.guest_info.get('kernel')}")
-        rules = (REPO / "udev-rules" / "81-guestfail.rules").read_text()
-        lab.write_file("/run/udev/rules.d/81-guestfail.rules", rules)
-        lab.run("udevadm", "control", "--reload")
+        install_files(lab)
         sby = lab.ifname("sb0")
         lab.run("ip", "link", "set", sby, "up")
         lab.run("ip", "addr", "add", f"{GUEST_IP}/24", "dev", sby)
         say(f"the guest's network: {sby} (virtio-net, the standby) with {GUEST_IP}/24")
 
-        lab.spawn("agent", [*gf, "-v", "run", "--no-dbus"], env=env, notify=True)
-        lab.wait_notify("agent")
+        argv, env = agent_argv("-v", "run", "--no-dbus")
+        lab.spawn("agent", argv, env=env, notify=True)
+        lab.wait_notify("agent", timeout=300)  # TCG: Python starts slowly on a busy host
         say("guestfail is running in the guest")
 
         async def start() -> Any:
@@ -61,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"the peer pings {GUEST_IP} {args.rate:.0f} times a second over loopback")
 
         def status() -> str:
-            return str(lab.run(*gf, "status", "--no-dbus", env=env, check=False).out)
+            argv, env = agent_argv("status", "--no-dbus")
+            return str(lab.run(*argv, env=env, check=False, timeout=300).out)
 
         def wait_active(slave: str) -> None:
-            lab.wait_net([{"link": sby, "attr": "active_slave", "eq": slave}], timeout=60)
+            lab.wait_net([{"link": sby, "attr": "active_slave", "eq": slave}], timeout=180)
 
         say("hot-plugging a VF (an e1000 with the standby's MAC) over QMP")
         t0 = time.monotonic()
