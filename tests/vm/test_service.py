@@ -13,6 +13,7 @@ from lab.agent import agent_argv
 
 from .helpers import Guest, peer_wait, replies_on, stream_start, stream_stop
 
+CLI = 300  # s: the CLI in a TCG guest starts in seconds, in a minute on a busy host
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
@@ -47,13 +48,13 @@ def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-u
     g.wait_active(master, npf)
 
     argv, env = agent_argv("status", "--json")
-    doc = json.loads(g.lab.run(*argv, env=env).out)
+    doc = json.loads(g.lab.run(*argv, env=env, timeout=CLI).out)
     assert doc["source"] == "daemon" and doc["daemon"]["running"] is True
     assert doc["pairs"][0]["active"] == npf
     # reading is for everyone, changing for root only (the bus policy)
-    as_nobody = g.lab.run(*NOBODY, *argv, env=env, check=False)
+    as_nobody = g.lab.run(*NOBODY, *argv, env=env, check=False, timeout=CLI)
     assert as_nobody.rc == 0 and json.loads(as_nobody.out)["source"] == "daemon"
-    denied = g.lab.run(*NOBODY, *agent_argv("prepare-unplug", npf)[0], env=env, check=False)
+    denied = g.lab.run(*NOBODY, *agent_argv("prepare-unplug", npf)[0], env=env, check=False, timeout=CLI)
     assert denied.rc == 6 and "access denied" in denied.err
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == npf
 
@@ -61,7 +62,7 @@ def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-u
     stream = stream_start(g.lab, 200)
     replies_on(g.lab, stream, "vf0", 100)
     t0 = time.monotonic_ns()
-    out = json.loads(g.lab.run(*agent_argv("prepare-unplug", npf)[0], env=env).out)
+    out = json.loads(g.lab.run(*agent_argv("prepare-unplug", npf)[0], env=env, timeout=CLI).out)
     assert (out["active"], out["drained"]) == (nsby, True)
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == nsby
     # The lab's VF stand-in (QEMU's e1000, legacy INTx) can miss the interrupt
@@ -85,7 +86,7 @@ def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-u
     assert window.lost == 0, (
         f"lost (ms after prepare-unplug, path): {lost}; unplug at {(t_unplug - t0) / 1e6:.0f} ms"
     )
-    after = g.lab.run(*argv, env=env, check=False)
+    after = g.lab.run(*argv, env=env, check=False, timeout=CLI)
     assert after.rc == 3  # degraded (documented): the standby carries the pair alone
     (pair,) = json.loads(after.out)["pairs"]
     assert pair["drained"] is False  # the drained VF is gone: drain complete
