@@ -405,8 +405,10 @@ class BenchGuest:
             what=f"{slave} active in {master}",
         )
 
-    def proc_status(self, pid: int) -> dict[str, str]:
-        text = self.lab.read_file(f"/proc/{pid}/status") or ""
+    def proc_status(self, pid: int, tid: Optional[int] = None) -> dict[str, str]:
+        """/proc/<pid>/status, or one thread's (/proc/<pid>/task/<tid>/status)."""
+        path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+        text = self.lab.read_file(path) or ""
         return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
     def ctxt_switches(self, pid: int) -> dict[str, int]:
@@ -414,14 +416,10 @@ class BenchGuest:
         counts only its main thread)."""
         out = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
         for tid in self.lab.run("ls", f"/proc/{pid}/task").out.split():
-            st = self.proc_status(int(tid)) if tid == str(pid) else self._task_status(pid, tid)
+            st = self.proc_status(pid, int(tid))
             for k in out:
                 out[k] += int(st.get(k, "0") or 0)
         return out
-
-    def _task_status(self, pid: int, tid: str) -> dict[str, str]:
-        text = self.lab.read_file(f"/proc/{pid}/task/{tid}/status") or ""
-        return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
 
     def rss_kib(self, pid: int) -> dict[str, Optional[int]]:
         st = self.proc_status(pid)

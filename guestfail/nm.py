@@ -122,6 +122,16 @@ def port_profile(master: str, port: str, uid: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def _find(profiles: list[tuple[str, dict[str, Any]]], cid: str) -> Optional[str]:
+    """The path of the profile whose id is `cid` (the last one, if several)."""
+    path: Optional[str] = None
+    for p, settings in profiles:
+        found = settings.get("connection", {}).get("id")
+        if found is not None and found.value == cid:
+            path = p
+    return path
+
+
 def bond_options(mode_opts: dict[str, str]) -> dict[str, str]:
     return {"mode": "active-backup", **mode_opts}
 
@@ -210,11 +220,7 @@ class NetworkManager:
         """Add and activate the master's profile unless it is there; returns
         the profile's path when it made one."""
         profiles = self.profiles()
-        path: Optional[str] = None
-        for p, s in profiles:
-            cid = s.get("connection", {}).get("id")
-            if cid is not None and cid.value == profile_id(master):
-                path = p
+        path = _find(profiles, profile_id(master))
         made = path is None
         if path is None:
             ip_from = captured or self.stored_for(standby_name, standby_mac, profiles)
@@ -235,11 +241,7 @@ class NetworkManager:
     def ensure_port(self, master: str, port: str) -> None:
         """`port` becomes NetworkManager's port of `master` (see the module
         doc): add its in-memory port profile unless it is there, activate it."""
-        path: Optional[str] = None
-        for p, s in self.profiles():
-            cid = s.get("connection", {}).get("id")
-            if cid is not None and cid.value == port_profile_id(master, port):
-                path = p
+        path = _find(self.profiles(), port_profile_id(master, port))
         if path is None:
             added, _result = self._call(
                 SETTINGS_PATH,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
@@ -63,6 +63,25 @@ def bond_event(active: Optional[int], t: int) -> LinkEvent:
         bond=BondState(1, active, VF, 100, 0, 0),
     )
     return LinkEvent(False, b, t)
+
+
+def meanwhile(fake: FakeBond, fn: Callable[[int], None]) -> asyncio.Event:
+    """Run fn(slave) on the event loop while guestfail's set_active request is
+    in flight on the fast thread; the returned event is set once it ran."""
+    orig = fake.set_active
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def run(slave: int) -> None:
+        fn(slave)
+        done.set()
+
+    def in_flight(master: int, master_name: str, slave: int, slave_name: str) -> None:
+        orig(master, master_name, slave, slave_name)
+        loop.call_soon_threadsafe(run, slave)
+
+    fake.set_active = in_flight  # type: ignore[method-assign]
+    return done
 
 
 def make_daemon(tmp_path: Path) -> tuple[Daemon, PairRecord, FakeBond]:
@@ -142,20 +161,8 @@ def test_carrier_back_before_miimon_saw_it_is_left_to_the_bond(tmp_path: Path) -
 def test_kernel_switch_during_our_request_is_recorded_once(tmp_path: Path) -> None:
     async def go() -> None:
         d, rec, fake = make_daemon(tmp_path)
-        orig = fake.set_active
-        delivered = asyncio.Event()
-
-        def deliver() -> None:
-            d._link_event(bond_event(SBY, 1500))
-            delivered.set()
-
-        def racing(master: int, mn: str, slave: int, sn: str) -> None:
-            # the bond's event arrives while guestfail's request is in flight
-            orig(master, mn, slave, sn)
-            loop.call_soon_threadsafe(deliver)
-
-        loop = asyncio.get_running_loop()
-        fake.set_active = racing  # type: ignore[method-assign,assignment]
+        # the bond's event arrives while guestfail's request is in flight
+        delivered = meanwhile(fake, lambda _slave: d._link_event(bond_event(SBY, 1500)))
         d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
         await settle(d)
         await delivered.wait()
@@ -197,20 +204,12 @@ def test_state_file_follows_every_switch(tmp_path: Path) -> None:
 def test_a_reconciliation_during_the_switch_keeps_the_event_time(tmp_path: Path) -> None:
     async def go() -> None:
         d, rec, fake = make_daemon(tmp_path)
-        orig = fake.set_active
-        evaluated = asyncio.Event()
 
-        def evaluate_meanwhile() -> None:
-            d._evaluate(rec, 10**12, "reconciled")  # what _apply_outcome does
-            evaluated.set()
-
-        def slow(master: int, mn: str, slave: int, sn: str) -> None:
-            orig(master, mn, slave, sn)
+        def reconcile(slave: int) -> None:
             rec.active = slave  # the kernel's report already arrived
-            loop.call_soon_threadsafe(evaluate_meanwhile)
+            d._evaluate(rec, 10**12, "reconciled")  # what _apply_outcome does
 
-        loop = asyncio.get_running_loop()
-        fake.set_active = slow  # type: ignore[method-assign,assignment]
+        evaluated = meanwhile(fake, reconcile)
         d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
         await evaluated.wait()
         await settle(d)
