@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
-from guestfail.errors import GuestfailError, SystemRefused, UsageError
+from guestfail.errors import GuestfailError, NotFound, SystemRefused, UsageError
 from guestfail.probe import decide, report
 from guestfail.probe.control import Control, KernelControl
 from guestfail.probe.decide import Options
@@ -196,8 +196,10 @@ def _restore(args: argparse.Namespace, factory: ControlFactory, settings: Settin
 def _probe(args: argparse.Namespace, factory: ControlFactory, settings: Settings) -> int:
     o = options(args)
     journal = Journal(settings.state_dir, o.pf)
-    journal.lock()
     with Links() as links:
+        if links.ifindex(o.pf) is None:
+            raise NotFound(f"no interface {o.pf}")
+        journal.lock()
         run = Run(factory(links), links, o, settings)
         try:
             if journal.read() is not None:

@@ -174,8 +174,11 @@ def probe_steps(s: Snapshot, o: Options) -> list[Step]:
     cfg = s.config(o.vf)
     assert vf is not None and cfg is not None
     steps: list[Step] = []
+    if not s.pf.up:
+        steps.append(Step("pf_up", f"set {o.pf} up (it is down) and wait for its carrier", up=True))
     listen = o.pf
     if o.vlan:
+        # a VLAN device opens only on an up PF
         listen = vlan_link_name(o.vlan)
         steps.append(
             Step(
@@ -185,8 +188,6 @@ def probe_steps(s: Snapshot, o: Options) -> list[Step]:
                 vlan=o.vlan,
             )
         )
-    if not s.pf.up:
-        steps.append(Step("pf_up", f"set {o.pf} up (it is down) and wait for its carrier", up=True))
     steps.append(
         Step(
             "listen",
