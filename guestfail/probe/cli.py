@@ -10,12 +10,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from guestfail import __version__
 from guestfail.errors import GuestfailError, NotFound, SystemRefused, UsageError
 from guestfail.probe import decide, report
-from guestfail.probe.control import Control, KernelControl
+from guestfail.probe.control import ControlFactory, KernelControl
 from guestfail.probe.decide import Options
 from guestfail.probe.errors import InUse, ProbeExit
 from guestfail.probe.facts import normalize_mac
@@ -23,7 +23,6 @@ from guestfail.probe.netlink import Links
 from guestfail.probe.runner import STATE_DIR, Journal, Run, Settings, restore_from_journal
 
 log = logging.getLogger("guestfail-probe")
-ControlFactory = Callable[[Links], Control]
 
 EPILOG = """\
 states (frames to the test MAC are counted on the PF, and on the VF in D):
@@ -181,8 +180,7 @@ def _hwdb(paths: list[Path]) -> int:
 def _restore(args: argparse.Namespace, factory: ControlFactory, settings: Settings) -> int:
     if not args.pf:
         raise UsageError("--restore needs --pf")
-    with Links() as links:
-        done, left = restore_from_journal(factory(links), args.pf, settings)
+    done, left = restore_from_journal(factory, args.pf, settings)
     if not done and not left:
         print(f"nothing to restore for {args.pf}")
         return ProbeExit.LATE
@@ -200,7 +198,7 @@ def _probe(args: argparse.Namespace, factory: ControlFactory, settings: Settings
         if links.ifindex(o.pf) is None:
             raise NotFound(f"no interface {o.pf}")
         journal.lock()
-        run = Run(factory(links), links, o, settings)
+        run = Run(factory, links, o, settings)
         try:
             if journal.read() is not None:
                 raise InUse(

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import replace
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from guestfail.probe import ethtool
 from guestfail.probe.facts import Netdev, Nic, Snapshot, VfConfig, VfDevice
@@ -43,6 +43,9 @@ class Control(Protocol):
 
     def settle(self) -> None:
         """Wait until the device manager (udev) is done with new devices."""
+
+
+ControlFactory = Callable[[Links], Control]
 
 
 class KernelControl:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 from guestfail.errors import GuestfailError, SystemRefused
 from guestfail.probe import decide
-from guestfail.probe.control import Control, snapshot
+from guestfail.probe.control import Control, ControlFactory, snapshot
 from guestfail.probe.decide import Count, Options, Step, Verdict
 from guestfail.probe.errors import InUse
 from guestfail.probe.facts import Sender, Snapshot, VfDevice
@@ -153,8 +153,9 @@ def _handlers(handler: Callable[[int, Optional[FrameType]], None]) -> Iterator[N
 
 
 class Run:
-    def __init__(self, control: Control, links: Links, options: Options, settings: Settings) -> None:
-        self.control = control
+    def __init__(self, factory: ControlFactory, links: Links, options: Options, settings: Settings) -> None:
+        self.factory = factory
+        self.control = factory(links)
         self.links = links
         self.o = options
         self.settings = settings
@@ -203,8 +204,8 @@ class Run:
             with _handlers(self._defer):
                 with _handlers(self._raise):
                     try:
+                        res.changed = True  # from here on, restore (even if only the journal was written)
                         journal.write(orig, self.o.vf)
-                        res.changed = True
                         for step in decide.probe_steps(orig, self.o):
                             self._do(step, res)
                             res.steps_done.append(step.text)
@@ -222,7 +223,7 @@ class Run:
                         res.error = GuestfailError(f"internal error: {e!r}")
                 self.close_sockets()
                 if res.changed:
-                    res.restored, res.not_restored = restore(self.control, orig, self.o.vf, self.settings)
+                    res.restored, res.not_restored = restore(self.factory, orig, self.o.vf, self.settings)
                 res.signal = res.signal or self._signal
             if not res.not_restored:
                 journal.remove()
@@ -360,14 +361,16 @@ def _pump(listeners: list[Listener], until: float) -> None:
 
 
 def restore(
-    control: Control, orig: Snapshot, vf_index: int, settings: Settings
+    factory: ControlFactory, orig: Snapshot, vf_index: int, settings: Settings
 ) -> tuple[list[str], list[str]]:
     """Make the PF and the VF as they were in `orig`.  Returns what was done
-    and what still differs afterwards (empty: restored)."""
+    and what still differs afterwards (empty: restored).  A netlink socket
+    and control of its own: the run's may have been interrupted mid-request."""
     done: list[str] = []
     failures: list[str] = []
     pf = orig.pf.name
     with Links() as links:
+        control = factory(links)
         for n in range(RESTORE_PASSES):
             try:
                 now = snapshot(control, links, pf)
@@ -456,7 +459,7 @@ def _restore_step(
         raise AssertionError(f"unknown restore step {a}")
 
 
-def restore_from_journal(control: Control, pf: str, settings: Settings) -> tuple[list[str], list[str]]:
+def restore_from_journal(factory: ControlFactory, pf: str, settings: Settings) -> tuple[list[str], list[str]]:
     """`--restore`: put back what a killed probe of `pf` changed."""
     journal = Journal(settings.state_dir, pf)
     journal.lock()
@@ -466,7 +469,7 @@ def restore_from_journal(control: Control, pf: str, settings: Settings) -> tuple
             return [], []
         orig, vf = found
         with _handlers(lambda s, f: log.warning("%s: restoring first", signal.Signals(s).name)):
-            done, left = restore(control, orig, vf, settings)
+            done, left = restore(factory, orig, vf, settings)
         if not left:
             journal.remove()
         return done, left
