@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -223,6 +224,8 @@ def _probe(args: argparse.Namespace, factory: ControlFactory, settings: Settings
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         sys.stdout.write(report.human(res))
+        if shutil.which("mausezahn") and shutil.which("netsniff-ng"):
+            log.info("%s", report.by_hand(res))
     if res.not_restored:
         return ProbeExit.NOT_RESTORED
     if res.signal:

@@ -143,6 +143,20 @@ def human(res: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def by_hand(res: Result) -> str:
+    """How to check state B by hand with netsniff-ng and mausezahn."""
+    o = res.options
+    listen = f"gfprobe.{o.vlan}" if o.vlan else o.pf
+    ns = f"ip netns exec {res.sender.netns} " if res.sender.netns else ""
+    tag = f" -Q {o.vlan}" if o.vlan else ""
+    return (
+        f"to cross-check state B by hand: ip link set {o.pf} vf {o.vf} mac {o.mac}; "
+        f"netsniff-ng --in {listen} --no-promisc -f 'ether dst {o.mac}' & "
+        f"{ns}mausezahn {res.sender.name}{tag} -b {o.mac} -c {o.frames} -p 60; "
+        f"then put VF {o.vf}'s MAC back"
+    )
+
+
 def dry_run(orig: Snapshot, o: Options, steps: list[Step], reasons: list[str]) -> str:
     lines = [f"guestfail-probe would probe VF {o.vf} of {o.pf} ({orig.nic.model or 'unknown model'}):"]
     if reasons:

@@ -183,3 +183,10 @@ def test_restore_and_hwdb_modes_need_no_measurement_options(tmp_path: Path) -> N
     assert a.udev_hwdb == [tmp_path / "r.json"]
     with pytest.raises(UsageError, match=r"r\.json"):
         cli._hwdb([tmp_path / "r.json"])
+
+
+def test_how_to_cross_check_by_hand() -> None:
+    text = report.by_hand(result())
+    assert "ip link set enp1s0 vf 0 mac 02:00:00:00:cc:01" in text
+    assert "netsniff-ng --in enp1s0 --no-promisc" in text
+    assert "mausezahn enp2s0 -b 02:00:00:00:cc:01 -c 50" in text

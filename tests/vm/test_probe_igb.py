@@ -135,3 +135,42 @@ def test_igb_sigterm_mid_probe_restores(host: Host) -> None:
     assert host.lab.wait_proc("probe-term", timeout=120) == 143, host.lab.log_tail("probe-term")
     assert "stopped by SIGTERM" in host.lab.log_tail("probe-term", 60)
     assert differences(before, host.state()) == []
+
+
+def test_igb_from_another_vf_through_the_nics_own_switch(host: Host) -> None:
+    """The sender is VF 1 of the same PF (a VM next door): its frames to the
+    test MAC are switched inside the NIC (the 82576's VM-to-VM loopback),
+    never reach the wire, and still land on the PF in every state."""
+    lab = host.lab
+    vf1 = lab.run("ls", f"/sys/class/net/{host.pf}/device/virtfn1/net").out.split()[0]
+    lab.run("ip", "link", "set", host.pf, "up")
+    lab.run("ip", "link", "set", vf1, "up")
+    try:
+        lab.wait_net([{"link": vf1, "attr": "carrier", "eq": True}], timeout=60, what=f"{vf1} has a carrier")
+        before = host.state()
+        on_wire: list[str] = []
+        stop = lab.peer.on_frame(lambda path, p, raw: on_wire.append(p.dst_mac) if path == "pf" else None)
+        r = lab.run(
+            sys.executable,
+            "-m",
+            "guestfail.probe",
+            "--pf",
+            host.pf,
+            "--vf",
+            "0",
+            "--sender",
+            vf1,
+            "--json",
+            check=False,
+            timeout=300,
+        )
+        assert r.rc == 0, r.err
+        doc = json.loads(r.out)
+        assert doc["verdict"]["kind"] == "late", doc["verdict"]
+        assert [s["pf"] for s in doc["states"]] == [50, 50, 50, 50]
+        stop()
+        assert on_wire.count(doc["test"]["mac"]) == 0, "test frames went out on the wire"
+        assert differences(before, host.state()) == []
+    finally:
+        lab.run("ip", "link", "set", vf1, "down")
+        lab.run("ip", "link", "set", host.pf, "down")
