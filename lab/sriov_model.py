@@ -42,6 +42,8 @@ from typing import Any, Optional
 
 from guestfail.errors import NotFound, SystemRefused
 from guestfail.probe.facts import ZERO_MAC, Netdev, Nic, VfConfig, VfDevice, normalize_mac
+from guestfail.probe.netlink import LinkEvents
+from guestfail.probe.packet import in_netns
 from guestfail.probe.sysfs import PciSysfs
 
 MODES = ("early", "late", "shared")
@@ -145,6 +147,31 @@ class Model:
             if i in self.bound:
                 ip("link", "set", vf, "netns", h, netns=n)
         ip("link", "set", "lo", "up", netns=h)
+        self.settle()
+
+    def _unsettled(self) -> list[str]:
+        """Host links whose operstate does not follow their flags yet."""
+        out = []
+        for link in json.loads(ip("-j", "link", "show", netns=self.host) or "[]"):
+            flags = set(link.get("flags", []))
+            if "LOOPBACK" in flags:
+                continue
+            want = "UP" if {"UP", "LOWER_UP"} <= flags else None if "UP" in flags else "DOWN"
+            if want is not None and link.get("operstate") != want:
+                out.append(f"{link.get('ifname')} {link.get('operstate')}")
+        return out
+
+    def settle(self, timeout: float = 10) -> None:
+        """Wait until the kernel's linkwatch has given every host link the
+        operstate its flags call for (it does so a moment after a change),
+        so that a state taken now is not a passing one."""
+
+        def body() -> bool:
+            with LinkEvents() as events:
+                return events.wait(lambda: not self._unsettled(), timeout)
+
+        if not in_netns(self.host, body):
+            raise SystemRefused(f"links in {self.host} do not settle: {self._unsettled()}")
 
     def destroy(self) -> None:
         for ns in (self.host, self.nic, self.wire_ns):

@@ -150,6 +150,7 @@ def test_a_pf_that_takes_every_frame_is_inconclusive_and_left_alone(
         ip("link", "add", "br9", "type", "bridge", netns=m.host)
         ip("link", "set", PF, "master", "br9", netns=m.host)
         want = "pf0 is a port of bridge br9"
+    m.settle()
     before = m.state()
     r = probe(m, tmp_path, "--vf", "0", "--json", *FAST)
     assert r.returncode == 11, r.stderr
@@ -165,6 +166,7 @@ def test_a_pf_that_takes_every_frame_is_inconclusive_and_left_alone(
 def test_a_vf_in_use_is_refused_with_one_line(make_model: Make, tmp_path: Path) -> None:
     m = make_model(mode="early")
     ip("link", "set", f"{PF}v0", "up", netns=m.host)
+    m.settle()  # the kernel's linkwatch sets its operstate a moment later
     before = m.state()
     r = probe(m, tmp_path, "--vf", "0", *FAST)
     assert r.returncode == 12
