@@ -77,7 +77,7 @@ def host() -> Iterator[Host]:
         lab.peer.on_frame(wire)
         h = Host(lab)
         lab.run("ip", "link", "set", h.tx, "up")
-        lab.wait_net([{"link": h.tx, "attr": "carrier", "eq": True}], what=f"{h.tx} has a carrier")
+        lab.wait_net([{"link": h.tx, "attr": "operstate", "eq": "up"}], what=f"{h.tx} up")
         lab.run("sh", "-c", f"echo {NUMVFS} > /sys/class/net/{h.pf}/device/sriov_numvfs")
         lab.run("udevadm", "settle", "--timeout=60", timeout=90)
         yield h
@@ -146,7 +146,9 @@ def test_igb_from_another_vf_through_the_nics_own_switch(host: Host) -> None:
     lab.run("ip", "link", "set", host.pf, "up")
     lab.run("ip", "link", "set", vf1, "up")
     try:
-        lab.wait_net([{"link": vf1, "attr": "carrier", "eq": True}], timeout=60, what=f"{vf1} has a carrier")
+        # operstate follows the carrier a moment later (linkwatch): wait for it
+        up = [{"link": n, "attr": "operstate", "eq": "up"} for n in (host.pf, vf1)]
+        lab.wait_net(up, timeout=60, what=f"{host.pf} and {vf1} up")
         before = host.state()
         on_wire: list[str] = []
         stop = lab.peer.on_frame(lambda path, p, raw: on_wire.append(p.dst_mac) if path == "pf" else None)
