@@ -368,6 +368,7 @@ def restore(
     and control of its own: the run's may have been interrupted mid-request."""
     done: list[str] = []
     failures: list[str] = []
+    last: list[str] = []
     pf = orig.pf.name
     with Links() as links:
         control = factory(links)
@@ -380,6 +381,11 @@ def restore(
             steps = decide.restore_steps(orig, now, vf_index, first_pass=n == 0)
             if not steps:
                 break
+            texts = [s.text for s in steps]
+            if texts == last:
+                log.warning("restore: the same steps again change nothing; giving up")
+                break
+            last = texts
             for step in steps:
                 log.info("restore: %s", step.text)
                 try:
