@@ -28,7 +28,9 @@ mode), so `ModelControl` (guestfail.probe.control.Control) is stateless and
 `ip -d link` / `bridge fdb` in the three namespaces show everything the probe
 may change.  `python -m lab.sriov_model probe PREFIX -- <guestfail-probe
 arguments>`, run in the host namespace (`ip netns exec <prefix>-h`), runs the
-real guestfail-probe with this model as its control plane.
+real guestfail-probe with this model as its control plane;
+`python -m lab.sriov_model bench` prints what the probe says about each mode
+and how long it takes (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -343,9 +345,52 @@ class ModelControl:
                 bridge("fdb", "replace", cfg.mac, "dev", f"vfb{i}", "master", "static", netns=self.nic_ns)
 
 
+def bench(reps: int = 3) -> int:
+    """Run guestfail-probe (its defaults) against each mode of the model
+    `reps` times; print the verdicts, the counts and how long a probe takes."""
+    import statistics
+    import uuid
+
+    cols = ("model", "VF", "exit", "verdict", "steered at", "on the PF in A B C D (on the VF)", "seconds")
+    print("| " + " | ".join(cols) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for mode, vf, bound in (("early", 1, ()), ("late", 0, (0,)), ("shared", 1, ())):
+        secs: list[float] = []
+        doc: dict[str, Any] = {}
+        rc = 0
+        for _ in range(reps):
+            m = Model(f"gb{uuid.uuid4().hex[:6]}", mode=mode, bound=bound).create()
+            try:
+                argv = ["ip", "netns", "exec", m.host, sys.executable, "-m", "lab.sriov_model", "probe"]
+                argv += [m.prefix, "--", "--pf", PF, "--vf", str(vf), "--json", "-q"]
+                argv += ["--sender-netns", f"{m.wire_ns}:{SENDER}"]
+                proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+                rc = proc.returncode
+                doc = json.loads(proc.stdout)
+                secs.append(float(doc["seconds"]))
+            finally:
+                m.destroy()
+        counts = " ".join(
+            f"{s['pf']}" + (f" ({s['vf']})" if s["vf"] is not None else "") for s in doc.get("states", [])
+        )
+        v = doc.get("verdict", {})
+        runs = ", ".join(map(str, secs))
+        print(
+            f"| {mode} | {vf} ({'bound' if bound else 'no driver'}) | {rc} | {v.get('kind')} | "
+            f"{v.get('steered_at') or 'never'} | {counts} | {statistics.median(secs):.1f} ({runs}) |"
+        )
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["bench"]:
+        return bench(int(argv[1]) if len(argv) > 1 else 3)
     if len(argv) < 2 or argv[0] != "probe":
-        print("usage: python -m lab.sriov_model probe PREFIX -- <guestfail-probe arguments>", file=sys.stderr)
+        print(
+            "usage: python -m lab.sriov_model probe PREFIX -- <guestfail-probe arguments>\n"
+            "       python -m lab.sriov_model bench [REPS]",
+            file=sys.stderr,
+        )
         return 2
     prefix = argv[1]
     rest = argv[2:]
