@@ -167,6 +167,7 @@ class PciSysfs:
         paths = set()
         if group:
             paths.add(f"/dev/vfio/{group}")
+            paths.add(f"/dev/vfio/noiommu-{group}")  # vfio's unsafe no-IOMMU mode
         try:
             for cdev in os.listdir(vdev / "vfio-dev"):
                 paths.add(f"/dev/vfio/devices/{cdev}")

@@ -107,6 +107,7 @@ def test_nic_and_vfs_of_an_igb_pf(fake: FakePci) -> None:
     fake.igb()
     fake.process(4242, "/dev/null", "/dev/vfio/11")
     fake.process(99, "/dev/vfio/vfio")
+    fake.process(4343, "/dev/vfio/noiommu-11")
     s = PciSysfs(fake.sys, fake.proc)
     nic = s.nic("enp1s0")
     assert (nic.address, nic.vendor, nic.device, nic.driver, nic.numvfs, nic.totalvfs) == (
@@ -120,7 +121,7 @@ def test_nic_and_vfs_of_an_igb_pf(fake: FakePci) -> None:
     vf0, vf1 = s.vfs("enp1s0")
     assert (vf0.index, vf0.address, vf0.driver, vf0.driver_override) == (0, "0000:01:10.0", "igbvf", "")
     assert vf0.netdev == Netdev("enp1s0v0", 5, "9a:29:63:1c:a2:2d", 1500, False, False)
-    assert (vf1.driver, vf1.netdev, vf1.vfio_users, vf1.iommu_group) == ("vfio-pci", None, (4242,), "11")
+    assert (vf1.driver, vf1.netdev, vf1.vfio_users, vf1.iommu_group) == ("vfio-pci", None, (4242, 4343), "11")
 
 
 @pytest.mark.parametrize(
