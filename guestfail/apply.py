@@ -269,10 +269,16 @@ class Executor:
             self.backend.set_primary(m, name(m), s, name(s) if s else "")
         elif isinstance(step, MoveAddresses):
             src, dst = ref(step.src), ref(step.dst)
+            # addresses first: a route's gateway must be reachable on dst
             for a in step.addresses:
-                self.nl.add_address(dst, name(dst), a)
+                self.nl.add_address(dst, name(dst), a.relabelled(name(dst)))
             for r in step.routes:
-                self.nl.add_route(dst, name(dst), r)
+                if not r.nexthops:
+                    # a route with the same key out of src would make the
+                    # kernel refuse this one (EEXIST); a multipath route is
+                    # replaced as a whole
+                    self.nl.del_route(src, name(src), r)
+                self.nl.add_route(dst, name(dst), r.moved(src, dst))
             for a in step.addresses:
                 self.nl.del_address(src, name(src), a)
         elif isinstance(step, DeleteMaster):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
 from guestfail.errors import SystemRefused
-from guestfail.model import ARPHRD_ETHER, Address, BondState, Link, Route
+from guestfail.model import ARPHRD_ETHER, Address, BondState, Link, NextHop, Route
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +57,16 @@ BOND_PRI_RESELECT_ALWAYS = 0
 #: route protocols guestfail moves with the addresses (not the kernel's own)
 _KERNEL_PROTO = 2
 _LOCAL_TABLE = 255
+#: IFA_CACHEINFO's "forever"
+FOREVER = 0xFFFFFFFF
+#: rtm_flags a route keeps when it moves: RTNH_F_ONLINK (the kernel's own
+#: RTM_F_* bits in a dump are not request flags)
+RTNH_F_ONLINK = 0x4
+ROUTE_FLAGS_KEPT = RTNH_F_ONLINK
+#: IFA_F_NODAD | IFA_F_HOMEADDRESS | IFA_F_MANAGETEMPADDR | IFA_F_NOPREFIXROUTE
+#: | IFA_F_MCAUTOJOIN: what an address was added with; IFA_F_PERMANENT is
+#: implied by a request without lifetimes
+ADDRESS_FLAGS_SETTABLE = 0x02 | 0x10 | 0x100 | 0x200 | 0x400
 
 
 class NetlinkFailure(SystemRefused):
@@ -162,28 +172,63 @@ def parse_addr(msg: Any) -> tuple[int, Address]:
     if cache is not None:
         v = int(cache["ifa_valid"])
         p = int(cache["ifa_preferred"])
-        valid = None if v == 0xFFFFFFFF else v
-        pref = None if p == 0xFFFFFFFF else p
+        valid = None if v == FOREVER else v
+        pref = None if p == FOREVER else p
     flags = _attr(msg, "IFA_FLAGS")
-    address = _attr(msg, "IFA_LOCAL") if msg["family"] == socket.AF_INET else None
+    family = int(msg["family"])
+    local = _attr(msg, "IFA_LOCAL") if family == socket.AF_INET else None
+    address = _attr(msg, "IFA_ADDRESS")
+    peer = str(address) if local is not None and address is not None and address != local else ""
     return int(msg["index"]), Address(
-        family=int(msg["family"]),
-        address=str(address or _attr(msg, "IFA_ADDRESS")),
+        family=family,
+        address=str(local or address),
         prefixlen=int(msg["prefixlen"]),
         scope=int(msg["scope"]),
         flags=int(flags) if flags is not None else int(msg["flags"]),
         valid_lft=valid,
         preferred_lft=pref,
         label=str(_attr(msg, "IFA_LABEL") or ""),
+        broadcast=str(_attr(msg, "IFA_BROADCAST") or ""),
+        peer=peer,
+    )
+
+
+def _metrics(msg: Any) -> tuple[tuple[str, int], ...]:
+    m = _attr(msg, "RTA_METRICS")
+    if m is None:
+        return ()
+    out = []
+    for name, value in m.get("attrs", []):
+        if name.startswith("RTAX_") and isinstance(value, int):
+            out.append((name[5:].lower(), int(value)))
+    return tuple(sorted(out))
+
+
+def _nexthops(msg: Any) -> tuple[NextHop, ...]:
+    mp = _attr(msg, "RTA_MULTIPATH")
+    if not mp:
+        return ()
+    return tuple(
+        NextHop(
+            oif=int(h["oif"]),
+            gateway=str(_attr(h, "RTA_GATEWAY") or ""),
+            hops=int(h["hops"]),
+            flags=int(h["flags"]),
+        )
+        for h in mp
     )
 
 
 def parse_route(msg: Any) -> Optional[tuple[int, Route]]:
+    """A route and its output interface (0 for a multipath route, whose
+    paths carry their own); None for routes with neither."""
     oif = _attr(msg, "RTA_OIF")
-    if oif is None:
+    hops = _nexthops(msg)
+    if oif is None and not hops:
         return None
     table = _attr(msg, "RTA_TABLE") or msg["table"]
-    return int(oif), Route(
+    pref = _attr(msg, "RTA_PREF")
+    return int(oif or 0), Route(
         family=int(msg["family"]),
         dst=str(_attr(msg, "RTA_DST") or ""),
         dst_len=int(msg["dst_len"]),
@@ -194,6 +239,10 @@ def parse_route(msg: Any) -> Optional[tuple[int, Route]]:
         scope=int(msg["scope"]),
         type=int(msg["type"]),
         prefsrc=str(_attr(msg, "RTA_PREFSRC") or ""),
+        flags=int(msg["flags"]) & ROUTE_FLAGS_KEPT,
+        metrics=_metrics(msg),
+        pref=int(pref) if pref is not None else None,
+        nexthops=hops,
     )
 
 
@@ -380,14 +429,31 @@ class Netlink:
 
     # addresses and routes
     def add_address(self, ifindex: int, name: str, a: Address) -> None:
-        kw: dict[str, Any] = {"index": ifindex, "address": a.address, "prefixlen": a.prefixlen}
+        """Put `a` on the link as it was: flags, lifetimes, broadcast, peer,
+        label.  Already there: no error."""
+        kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
+        if a.family == socket.AF_INET:
+            kw["local"] = a.address
+            kw["address"] = a.peer or a.address
+            if a.broadcast:
+                kw["broadcast"] = a.broadcast
+            if a.label:
+                kw["label"] = a.label
+        else:
+            kw["address"] = a.address
+        # IFA_F_* bits a request may carry (the rest are the kernel's state:
+        # tentative, deprecated, dadfailed...)
+        request_flags = a.flags & ADDRESS_FLAGS_SETTABLE
+        if request_flags:
+            kw["flags"] = request_flags
         if a.valid_lft is not None or a.preferred_lft is not None:
-            kw["IFA_CACHEINFO"] = {
-                "ifa_valid": a.valid_lft if a.valid_lft is not None else 0xFFFFFFFF,
-                "ifa_preferred": a.preferred_lft if a.preferred_lft is not None else 0xFFFFFFFF,
-                "cstamp": 0,
-                "tstamp": 0,
-            }
+            valid = a.valid_lft if a.valid_lft is not None else FOREVER
+            pref = a.preferred_lft if a.preferred_lft is not None else FOREVER
+            # pyroute2 0.7 reads the lifetimes from this dict, 0.9 from the
+            # request's own keys: give both
+            kw["preferred"] = pref
+            kw["valid"] = valid
+            kw["cacheinfo"] = {"preferred": pref, "valid": valid, "cstamp": 0, "tstamp": 0}
         try:
             self._do(f"add {a.address}/{a.prefixlen} to {name}", lambda: self.ipr.addr("add", **kw))
         except NetlinkFailure as e:
@@ -395,34 +461,77 @@ class Netlink:
                 raise
 
     def del_address(self, ifindex: int, name: str, a: Address) -> None:
+        kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
+        if a.family == socket.AF_INET:
+            kw["local"] = a.address
+            kw["address"] = a.peer or a.address
+        else:
+            kw["address"] = a.address
         try:
-            self._do(
-                f"remove {a.address}/{a.prefixlen} from {name}",
-                lambda: self.ipr.addr("del", index=ifindex, address=a.address, prefixlen=a.prefixlen),
-            )
+            self._do(f"remove {a.address}/{a.prefixlen} from {name}", lambda: self.ipr.addr("del", **kw))
         except NetlinkFailure as e:
             if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH):
                 raise
 
+    def del_route(self, oif: int, name: str, r: Route) -> None:
+        """Remove `r` as it goes out of `oif`; already gone: no error."""
+        kw: dict[str, Any] = {"family": r.family, "dst_len": r.dst_len, "table": r.table}
+        if r.dst:
+            kw["dst"] = r.dst
+        if r.priority:
+            kw["priority"] = r.priority
+        if not r.nexthops:
+            kw["oif"] = oif
+            if r.gateway:
+                kw["gateway"] = r.gateway
+        try:
+            self._do(f"remove route {r.dst or 'default'} via {name}", lambda: self.ipr.route("del", **kw))
+        except NetlinkFailure as e:
+            if e.code not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
+                raise
+
     def add_route(self, oif: int, name: str, r: Route) -> None:
+        """Add `r` out of `oif` (a multipath route keeps its own paths: the
+        caller moves them, see Route.moved).  Already there: no error."""
         kw: dict[str, Any] = {
             "family": r.family,
             "dst_len": r.dst_len,
-            "oif": oif,
             "table": r.table,
             "proto": r.protocol,
             "scope": r.scope,
+            "type": r.type,
         }
+        if r.nexthops:
+            hops = []
+            for h in r.nexthops:
+                hop: dict[str, Any] = {"oif": h.oif, "hops": h.hops}
+                if h.gateway:
+                    hop["gateway"] = h.gateway
+                if h.flags & ROUTE_FLAGS_KEPT:
+                    hop["flags"] = h.flags & ROUTE_FLAGS_KEPT
+                hops.append(hop)
+            kw["multipath"] = hops
+        else:
+            kw["oif"] = oif
+            if r.gateway:
+                kw["gateway"] = r.gateway
         if r.dst:
             kw["dst"] = r.dst
-        if r.gateway:
-            kw["gateway"] = r.gateway
         if r.priority:
             kw["priority"] = r.priority
         if r.prefsrc:
             kw["prefsrc"] = r.prefsrc
+        if r.flags & ROUTE_FLAGS_KEPT:
+            kw["flags"] = r.flags & ROUTE_FLAGS_KEPT
+        if r.metrics:
+            kw["metrics"] = dict(r.metrics)
+        if r.pref is not None:
+            kw["pref"] = r.pref
+        # a multipath route that lost a path (the standby went down) is still
+        # there with the other paths: replace it with all of them
+        command = "replace" if r.nexthops else "add"
         try:
-            self._do(f"add route {r.dst or 'default'} via {name}", lambda: self.ipr.route("add", **kw))
+            self._do(f"add route {r.dst or 'default'} via {name}", lambda: self.ipr.route(command, **kw))
         except NetlinkFailure as e:
             if e.code != errno.EEXIST:
                 raise
