@@ -412,18 +412,31 @@ def parse(text: str, source: str = "") -> Config:
     )
 
 
+#: standby names a template is tried with: short, the longest possible, not ASCII
+_TEMPLATE_SAMPLES = (("eth0", 0), ("enp0s20f0u1u2c3", 99), ("ünï", 1023))
+
+
 def _check_template(template: str, key: str, source: str) -> None:
-    try:
-        sample = template.format(n=99, standby="eth0")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(
-            key, f"bad template (placeholders are {{n}} and {{standby}}): {e}", source
-        ) from None
-    if "{n}" not in template and "{standby}" not in template:
+    """The template must give a valid name for any standby.  With a short
+    standby name the name must fit as it is; longer ones are cut by the
+    naming rule (guestfail.naming.fit), so for those only the characters
+    count.  Everything else is an error now, not at pairing time."""
+    for i, (standby, n) in enumerate(_TEMPLATE_SAMPLES):
+        try:
+            sample = template.format(n=n, standby=standby)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise ConfigError(
+                key, f"bad template (placeholders are {{n}} and {{standby}}): {e}", source
+            ) from None
+        problem = ifname_problem(sample)
+        if i > 0 and problem is not None and problem.startswith("is ") and "bytes long" in problem:
+            problem = None  # cut to 15 bytes when used
+        if problem:
+            raise ConfigError(
+                key, f"gives {sample!r} for a standby named {standby!r}, which {problem}", source
+            )
+    if "{n" not in template and "{standby" not in template:
         raise ConfigError(key, "needs {n} or {standby} so that masters get different names", source)
-    problem = ifname_problem(sample)
-    if problem:
-        raise ConfigError(key, f"gives names like {sample!r}, which {problem}", source)
 
 
 def load(path: Optional[Path] = None) -> Config:

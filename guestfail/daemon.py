@@ -25,65 +25,34 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__, announce, processes
 from guestfail import config as config_mod
-from guestfail import nm as nm_mod
-from guestfail import state as state_mod
-from guestfail.apply import BondBackend, Executor, retrying
+from guestfail.apply import Backend, BondBackend, retrying
 from guestfail.config import Config
-from guestfail.dbus_api import BusClient, BusError, NameWatcher
-from guestfail.discover import observe
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
-from guestfail.match import MatchResult, claims, is_ours, match
-from guestfail.model import Address, Link, Snapshot
+from guestfail.integrations import NetworkManagerIntegration, TeamdSupervision
+from guestfail.match import is_ours
+from guestfail.model import Address, Link
 from guestfail.netlink import EventsLost, LinkEvent, LinkMonitor, Netlink, NetlinkFailure
-from guestfail.nm import NetworkManager
 from guestfail.notify import notify
 from guestfail.pairstate import Facts, decide
-from guestfail.plan import (
-    DeleteMaster,
-    Enslave,
-    Plan,
-    PlanRefused,
-    Release,
-    Rename,
-    Step,
-    leaked_masters,
-    master_of,
-    plan_pair,
-    spec_for,
-)
-from guestfail.state import NAMES_FILE, STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
+from guestfail.reconcile import Integration, Outcome, Reconciler
+from guestfail.state import STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
 from guestfail.sysfs import Sysfs
-from guestfail.udev import Udev, UdevLost, write_claims
+from guestfail.udev import Udev, UdevInfo, UdevLost
 
 log = logging.getLogger(__name__)
 
-MAX_PASSES = 4
+#: a reconciliation that left work undone is retried after these delays (s)
+RETRY_FIRST = 0.5
+RETRY_MAX = 60.0
 
 
 def now_ns() -> int:
     return time.monotonic_ns()
-
-
-@dataclass
-class Outcome:
-    """What one reconciliation found and did (built on the worker thread,
-    applied to the records on the loop thread)."""
-
-    snap: Snapshot
-    result: MatchResult
-    masters: dict[str, Optional[int]] = field(default_factory=dict)  # key -> master ifindex
-    active: dict[str, Optional[int]] = field(default_factory=dict)  # key -> kernel's active member
-    pids: dict[str, int] = field(default_factory=dict)  # team master -> its teamd
-    errors: dict[str, str] = field(default_factory=dict)
-    steps: int = 0
-    passes: int = 0
-    verified: bool = False
 
 
 class Daemon:
@@ -106,7 +75,6 @@ class Daemon:
         self.started = time.time()
         self.reconciles = 0
         self.resyncs = 0
-        self.last_outcome: Optional[Outcome] = None
         self._dirty = asyncio.Event()
         self._dirty_why: list[str] = []
         self._stop = asyncio.Event()
@@ -116,18 +84,10 @@ class Daemon:
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._addresses: dict[int, tuple[Address, ...]] = {}  # master -> its addresses (last reconciliation)
         self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
-        # NetworkManager (slow thread only): masters whose profile is in
-        # place, and the standbys' profiles captured before pairing
-        # the standbys' names before guestfail renamed them, by pair key
-        names = state_mod.read(self.state_dir / NAMES_FILE) or {}
-        self._names: dict[str, str] = {str(k): str(v) for k, v in dict(names.get("names", {})).items()}
-        self._nm: Optional[NetworkManager] = None
-        self._nm_done: set[str] = set()
-        self._nm_handback: set[str] = set()  # pair keys whose standby NetworkManager let go
-        self._nm_ports_checked = False  # every paired standby's port, once per NetworkManager start
-        self._nm_captured: dict[str, dict[str, Any]] = {}
-        self._nm_restarted = False
-        self._watcher: Optional[NameWatcher] = None
+        self._failures = 0  # reconciliations in a row that left an error (backoff)
+        self._retry_reconcile: Optional[asyncio.TimerHandle] = None
+        self.retry_in: Optional[float] = None  # seconds until the next retry, when one is set
+        self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._reconciled = asyncio.Event()
         # one thread per kind of work, each with its own netlink socket
@@ -137,17 +97,40 @@ class Daemon:
         self._slow_nl = Netlink()
         self._fast_backend = self._make_backend(self._fast_nl)
         self._slow_backend = self._make_backend(self._slow_nl)
-        self._executor = Executor(self._slow_nl, self._slow_backend, ingress=cfg.ingress == "unicast")
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
+        self.networkmanager: Optional[NetworkManagerIntegration] = None
+        integrations: list[Integration] = []
+        if self._nm_wanted():
+            self.networkmanager = NetworkManagerIntegration(cfg)
+            integrations.append(self.networkmanager)
+        if cfg.backend == "team":
+            from guestfail.team import TeamBackend
 
-    def _make_backend(self, nl: Netlink) -> Any:
+            assert isinstance(self._slow_backend, TeamBackend)
+            integrations.append(TeamdSupervision(self._slow_backend))
+        self.reconciler = Reconciler(
+            cfg,
+            self._slow_nl,
+            self.sysfs,
+            self._slow_backend,
+            self.state_dir,
+            udev=self._udev_info if use_udev else None,
+            integrations=tuple(integrations),
+        )
+
+    def _make_backend(self, nl: Netlink) -> Backend:
         if self.cfg.backend == "team":
             from guestfail.team import TeamBackend
 
             return TeamBackend(self.cfg, nl, self.state_dir)
         return BondBackend(self.cfg, nl, self.sysfs)
+
+    def _udev_info(self, name: str) -> UdevInfo:
+        if self._udev is None:
+            return UdevInfo(True, ())
+        return self._udev.info(name)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -177,6 +160,8 @@ class Daemon:
         worker.cancel()
         for t in self._retry_timers.values():
             t.cancel()
+        if self._retry_reconcile is not None:
+            self._retry_reconcile.cancel()
         loop.remove_reader(self._monitor.fileno())
         self._monitor.close()
         if self._udev is not None and self._udev.monitor is not None:
@@ -190,9 +175,7 @@ class Daemon:
         self._fast_nl.close()
         self._slow_nl.close()
         for backend in (self._fast_backend, self._slow_backend):
-            close = getattr(backend, "close", None)
-            if close is not None:
-                close()
+            backend.close()
         return 0
 
     def stop(self) -> None:
@@ -213,6 +196,9 @@ class Daemon:
         self.cfg = new
         for backend in (self._fast_backend, self._slow_backend):
             backend.cfg = new
+        self.reconciler.cfg = new
+        if self.networkmanager is not None:
+            self.networkmanager.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.request_reconcile("configuration reloaded")
 
@@ -234,104 +220,25 @@ class Daemon:
         return self.cfg.networkmanager == "auto" and self.cfg.backend == "bond"
 
     async def _watch_networkmanager(self) -> None:
+        nm = self.networkmanager
+        if nm is None:
+            return
+
         def changed(name: str, owned: bool) -> None:
-            self._nm_restarted = True
+            assert nm is not None
+            nm.notify_restart()
             if owned:
                 self.request_reconcile("NetworkManager started")
 
         try:
+            from guestfail import nm as nm_mod
+            from guestfail.dbus_api import NameWatcher
+
             self._watcher = NameWatcher([nm_mod.NM], changed)
             await self._watcher.start()
         except Exception as e:  # no system bus: NetworkManager cannot run either
             log.debug("not watching for NetworkManager: %s", e)
             self._watcher = None
-
-    def _networkmanager(self) -> Optional[NetworkManager]:
-        """The NetworkManager client, if NetworkManager runs (slow thread)."""
-        if not self._nm_wanted():
-            return None
-        if self._nm is None:
-            self._nm = NetworkManager(BusClient())
-        if not self._nm.running():
-            return None
-        if self._nm_restarted:
-            self._nm_restarted = False
-            self._nm_done.clear()
-            self._nm_ports_checked = False
-        return self._nm
-
-    def _nm_take_over(self, nm: NetworkManager, key: str, master: str, spec: Any) -> None:
-        """NetworkManager takes the master over while it is still empty: it
-        detaches the members of a bond it takes over later."""
-        if master in self._nm_done:
-            return
-        options = {
-            "miimon": str(self.cfg.bond.miimon),
-            "fail_over_mac": spec.fail_over_mac,
-            "primary_reselect": "always",
-            "num_grat_arp": str(self.cfg.bond.num_peer_notif),
-        }
-        if spec.primary_name:
-            options["primary"] = spec.primary_name
-        try:
-            nm.ensure_master_profile(master, self._nm_captured.get(key), spec.orig_name, spec.mac, options)
-            self._nm_done.add(master)
-        except BusError as e:
-            log.warning("NetworkManager: no profile for %s: %s", master, e)
-
-    def _nm_ports(self, nm: NetworkManager, out: Outcome) -> None:
-        """Hand back the standbys guestfail took from NetworkManager, as bond
-        ports under guestfail's port profile; when NetworkManager (re)starts,
-        every paired standby (it reads the member's udev mark then)."""
-        everyone = not self._nm_ports_checked
-        self._nm_ports_checked = True
-        for p in out.result.pairings:
-            taken = p.key in self._nm_handback
-            if not (taken or everyone):
-                continue
-            self._nm_handback.discard(p.key)
-            sby = out.snap.get(p.standby)
-            master = out.snap.get(out.masters.get(p.key))
-            if sby is None:
-                continue
-            try:
-                if master is None or sby.master != master.ifindex:
-                    if taken and nm.set_managed(sby.name, True):
-                        log.info("NetworkManager: %s handed back, not paired", sby.name)
-                    continue
-                if nm.set_managed(sby.name, True):
-                    log.info("NetworkManager: %s handed back as a port of %s", sby.name, master.name)
-                nm.ensure_port(master.name, sby.name)
-            except BusError as e:
-                log.warning("NetworkManager: %s not handed back: %s", sby.name, e)
-
-    def _nm_sync(self, nm: NetworkManager, out: Outcome) -> None:
-        """Every master gets its NetworkManager profile, then every standby
-        its port profile (see guestfail.nm)."""
-        for p in out.result.pairings:
-            master = out.snap.get(out.masters.get(p.key))
-            if master is None or master.name in self._nm_done or master.bond is None:
-                continue
-            sby = out.snap.links[p.standby]
-            orig = (master.marker or {}).get("name", sby.name)
-            b = master.bond
-            options = {
-                "miimon": str(b.miimon),
-                "fail_over_mac": ("none", "active", "follow")[b.fail_over_mac]
-                if b.fail_over_mac < 3
-                else "none",
-                "primary_reselect": "always",
-                "num_grat_arp": str(b.num_peer_notif),
-            }
-            prim = out.snap.get(b.primary)
-            if prim is not None:
-                options["primary"] = prim.name
-            try:
-                nm.ensure_master_profile(master.name, self._nm_captured.get(p.key), orig, sby.hw_mac, options)
-                self._nm_done.add(master.name)
-            except BusError as e:
-                log.warning("NetworkManager: no profile for %s: %s", master.name, e)
-        self._nm_ports(nm, out)
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """fn(signal_name, payload) for PairCreated, PairRemoved, ActiveChanged, Refused."""
@@ -598,6 +505,12 @@ class Daemon:
 
     async def _reconcile_loop(self) -> None:
         loop = asyncio.get_running_loop()
+
+        def observed(out: Outcome) -> None:
+            # each pass's observation reaches the switch path at once: a pair
+            # is switched as soon as it exists
+            loop.call_soon_threadsafe(self._apply_outcome, out)
+
         while True:
             await self._dirty.wait()
             self._dirty.clear()
@@ -605,137 +518,39 @@ class Daemon:
             log.debug("reconcile: %s", "; ".join(whys[:5]))
             drained = {k for k, r in self.pairs.items() if r.drained}
             try:
-                out = await loop.run_in_executor(self._slow, self._reconcile_sync, drained)
+                out = await loop.run_in_executor(self._slow, self.reconciler.run, drained, observed)
             except Exception:
-                log.exception("reconciliation failed; retrying on the next event")
+                log.exception("reconciliation failed")
+                self._retry_after_failure("reconciliation failed")
                 self._reconciled.set()
                 continue
             self.reconciles += 1
             self._apply_outcome(out)
+            if out.errors or not out.verified:
+                what = "; ".join(f"{k}: {e}" for k, e in sorted(out.errors.items())) or "not verified"
+                self._retry_after_failure(what)
+            else:
+                self._failures = 0
+                self.retry_in = None
             self._reconciled.set()
 
-    def _reconcile_sync(self, drained: set[str]) -> Outcome:
-        """observe -> match -> plan -> apply, until a pass changes nothing."""
-        udev = self._udev if self.use_udev else None
-        nm = self._networkmanager()
-        out = Outcome(Snapshot(), MatchResult())
-        for n in range(1, MAX_PASSES + 1):
-            snap = observe(self._slow_nl, self.sysfs, udev)
-            result = match(self.cfg, snap)
-            out.snap, out.result, out.passes = snap, result, n
-            done = 0
-            live = set()
-            for pairing in result.pairings:
-                live.add(pairing.key)
-                try:
-                    spec = spec_for(self.cfg, pairing, snap, self._names)
-                    plan = plan_pair(self.cfg, spec, snap, drained=pairing.key in drained)
-                except PlanRefused as e:
-                    out.errors[pairing.key] = str(e)
-                    continue
-                if not plan.steps:
-                    continue
-                if self._names.get(pairing.key) != spec.orig_name:
-                    # before anything is renamed: the standby's own name must
-                    # survive a crash at any step
-                    self._names[pairing.key] = spec.orig_name
-                    self._save_names()
-                if nm is not None and any(
-                    isinstance(st, (Rename, Enslave)) and st.link == spec.standby for st in plan.steps
-                ):
-                    # what NetworkManager applied to the standby, before it goes
-                    sby_name = snap.links[spec.standby].name
-                    captured = nm.applied(sby_name)
-                    if captured is not None:
-                        self._nm_captured[pairing.key] = captured
-                    # NetworkManager lets go of the standby before guestfail
-                    # touches it, and finds it again as a port (see guestfail.nm)
-                    try:
-                        if nm.set_managed(sby_name, False):
-                            self._nm_handback.add(pairing.key)
-                    except BusError as e:
-                        log.warning("NetworkManager: %s not handed over: %s", sby_name, e)
-                done += len(plan.steps)
-                hook = None
-                if nm is not None:
-
-                    def hook(master: int, name: str, p: Any = pairing, sp: Any = spec) -> None:
-                        self._nm_take_over(nm, p.key, name, sp)
-
-                try:
-                    self._executor.run(plan, snap.links, hook)
-                    out.errors.pop(pairing.key, None)
-                except GuestfailError as e:
-                    log.error("%s: %s", spec.master_name, e)
-                    out.errors[pairing.key] = str(e)
-                    done -= len(plan.steps)  # do not loop on a hard failure
-                self._mark_members(plan)
-            for m in leaked_masters(snap, live):
-                done += 1
-                self._delete_leaked(m, snap)
-            out.steps += done
-            if done == 0:
-                out.verified = True
-                break
-        self._write_claims(out.snap, out.result)
-        masters = []
-        for p in out.result.pairings:
-            master = master_of(p.key, p.standby, out.snap)
-            out.masters[p.key] = master.ifindex if master else None
-            if master is not None and self.cfg.backend == "team":
-                masters.append(master)
-                try:
-                    note = self._slow_backend.check(master, out.snap.slaves_of(master.ifindex), p.primary)
-                except GuestfailError as e:
-                    out.errors[p.key] = str(e)
-                    note = None
-                if note:
-                    log.warning("%s", note)
-            out.active[p.key] = self._slow_backend.active(master) if master else None
-        if masters:
-            out.pids = self._slow_backend.pids(masters)
-        if nm is not None:
-            self._nm_sync(nm, out)
-        return out
-
-    def _save_names(self) -> None:
-        try:
-            write_atomic(self.state_dir / NAMES_FILE, {"schema": 1, "names": self._names})
-        except OSError as e:
-            log.warning("cannot write %s: %s", self.state_dir / NAMES_FILE, e)
-
-    def _mark_members(self, plan: Plan) -> None:
-        """udev re-reads a member after guestfail enslaved it, so the rules
-        mark it (they look at its master's marker)."""
-        names = []
-        for idx in (plan.spec.standby, plan.spec.primary):
-            if idx is not None:
-                link = self._slow_nl.get_link(idx)
-                if link is not None:
-                    names.append(link.name)
-        for name in names:
-            self.sysfs.trigger_change(name)
-
-    def _delete_leaked(self, m: Link, snap: Snapshot) -> None:
-        log.warning("deleting %s: a master guestfail made that serves no pair", m.name)
-        steps: list[Step] = [Release(s.ifindex) for s in snap.slaves_of(m.ifindex)]
-        steps.append(DeleteMaster(m.ifindex))
-        try:
-            self._executor.run_steps(m.name, steps, snap.links)
-        except GuestfailError as e:
-            log.error("could not delete %s: %s", m.name, e)
-
-    def _write_claims(self, snap: Snapshot, result: MatchResult) -> None:
-        """Tell the udev rule which devices guestfail will take, so they are
-        marked unmanaged in the very event that announces them."""
-        try:
-            write_claims(self.state_dir / "claims", claims(self.cfg, snap, result, self.sysfs.pci_slots()))
-        except OSError as e:
-            log.warning("cannot write udev claims: %s", e)
+    def _retry_after_failure(self, why: str) -> None:
+        """A reconciliation that left an error is tried again by itself, with
+        backoff (0.5 s doubling to 60 s), until one succeeds; status shows the
+        cause and when the next attempt is due meanwhile."""
+        self._failures += 1
+        delay = min(RETRY_FIRST * 2 ** (self._failures - 1), RETRY_MAX)
+        self.retry_in = delay
+        if self._retry_reconcile is not None:
+            self._retry_reconcile.cancel()
+        log.warning("reconciliation left work undone (%s): retrying in %.1f s", why, delay)
+        self._retry_reconcile = asyncio.get_running_loop().call_later(
+            delay, self.request_reconcile, f"retry {self._failures} after: {why}"
+        )
+        self._write_state()
 
     def _apply_outcome(self, out: Outcome) -> None:
         snap, result = out.snap, out.result
-        self.last_outcome = out
         old_keys = set(self.pairs)
         seen = set()
         for p in result.pairings:

@@ -40,7 +40,7 @@ def assemble(dump: Dump, sysfs: Sysfs, udev: Optional[UdevReader] = None) -> Sna
             fields["udev_initialized"] = info.initialized
             fields["udev"] = info.properties
         links[nl.ifindex] = dataclasses.replace(nl, **fields)  # type: ignore[arg-type]
-    routes = tuple((oif, r) for oif, r in dump.routes if oif in links and movable_route(r))
+    routes = tuple((oif, r) for oif, r in dump.routes if (oif in links or r.nexthops) and movable_route(r))
     return Snapshot(links=links, routes=routes)
 
 

@@ -197,6 +197,32 @@ class Link:
         return self.name
 
 
+#: the kernel keeps at most IFALIASZ - 1 bytes of an ifalias
+IFALIAS_MAX = 255
+_ESCAPED = frozenset("%= \t\n\r\v\f")
+
+
+def _escaped(value: str) -> list[str]:
+    """Marker values are words: a space, '=' or '%' in one (a pair's label is
+    the user's free text) is written %XX, so it cannot add or change a field.
+    One token per character of `value`."""
+    return [f"%{ord(c):02X}" if c in _ESCAPED or not c.isprintable() else c for c in value]
+
+
+def _unescape(value: str) -> str:
+    out, i = [], 0
+    while i < len(value):
+        c = value[i]
+        hexdigits = value[i + 1 : i + 3]
+        if c == "%" and len(hexdigits) == 2 and all(x in "0123456789abcdefABCDEF" for x in hexdigits):
+            out.append(chr(int(value[i + 1 : i + 3], 16)))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
 def parse_marker(ifalias: str) -> Optional[dict[str, str]]:
     words = ifalias.split()
     if not words or words[0] != MARKER:
@@ -205,12 +231,24 @@ def parse_marker(ifalias: str) -> Optional[dict[str, str]]:
     for w in words[1:]:
         k, sep, v = w.partition("=")
         if sep:
-            out[k] = v
+            out[k] = _unescape(v)
     return out
 
 
 def make_marker(**fields: str) -> str:
-    return " ".join([MARKER, *(f"{k}={v}" for k, v in fields.items() if v)])
+    """guestfail's ifalias: MARKER, then key=value words, values escaped.
+    The last field is cut (never inside an escape or a character) if the
+    whole would not fit the kernel's limit."""
+    words = [MARKER]
+    items = [(k, v) for k, v in fields.items() if v]
+    for n, (k, v) in enumerate(items):
+        tokens = _escaped(v)
+        if n == len(items) - 1:
+            room = IFALIAS_MAX - len(" ".join(words).encode()) - len(k) - 2
+            while tokens and len("".join(tokens).encode()) > room:
+                tokens.pop()
+        words.append(f"{k}={''.join(tokens)}")
+    return " ".join(words)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def meanwhile(fake: FakeBond, fn: Callable[[int], None]) -> asyncio.Event:
 def make_daemon(tmp_path: Path) -> tuple[Daemon, PairRecord, FakeBond]:
     d = Daemon(parse(f'[agent]\nstate_dir = "{tmp_path}"'), use_udev=False, use_dbus=False)
     fake = FakeBond()
-    d._fast_backend = fake  # the kernel boundary: the bond
+    d._fast_backend = fake  # type: ignore[assignment]  # the kernel boundary: the bond
     d._fast_nl = fake  # type: ignore[assignment]  # and reading it back
     rec = PairRecord(
         "pci-0000:01:00.0", master=MASTER, master_name="ens11", standby=SBY, standby_name="ens11nsby"
