@@ -118,6 +118,9 @@ class Config:
     announce: bool = True
     ingress: str = "unicast"
     networkmanager: str = "auto"
+    # seconds a drained VF (prepare-unplug) may stay before the drain is
+    # undone; 0: never
+    drain_timeout: int = 120
     bond: BondOptions = field(default_factory=BondOptions)
     team: TeamOptions = field(default_factory=TeamOptions)
     serials: tuple[StandbySerial, ...] = ()
@@ -301,6 +304,7 @@ def parse(text: str, source: str = "") -> Config:
     announce = agent.take("announce", bool, True)
     ingress = agent.choice("ingress", INGRESS, "unicast")
     networkmanager = agent.choice("networkmanager", ("auto", "off"), "auto")
+    drain_timeout = agent.int_range("drain_timeout", 0, 86400, 120)
     if not state_dir.startswith("/"):
         raise ConfigError("agent.state_dir", "must be an absolute path", source)
     agent.done()
@@ -404,6 +408,7 @@ def parse(text: str, source: str = "") -> Config:
         announce=announce,
         ingress=ingress,
         networkmanager=networkmanager,
+        drain_timeout=drain_timeout,
         bond=bond,
         team=team,
         serials=tuple(serials),

@@ -34,15 +34,14 @@ from guestfail.apply import Backend, BondBackend, retrying
 from guestfail.config import Config
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.integrations import NetworkManagerIntegration, TeamdSupervision
-from guestfail.match import is_ours
-from guestfail.model import Address, Link
-from guestfail.netlink import EventsLost, LinkEvent, LinkMonitor, Netlink, NetlinkFailure
+from guestfail.model import Link
+from guestfail.netlink import LinkEvent, LinkMonitor, Netlink, NetlinkFailure
 from guestfail.notify import notify
 from guestfail.pairstate import Facts, decide
 from guestfail.reconcile import Integration, Outcome, Reconciler
 from guestfail.state import STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
 from guestfail.sysfs import Sysfs
-from guestfail.udev import Udev, UdevInfo, UdevLost
+from guestfail.udev import Udev, UdevInfo
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +80,8 @@ class Daemon:
         self._switching: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         self._retry_timers: dict[str, asyncio.TimerHandle] = {}
+        self._drain_timers: dict[str, asyncio.TimerHandle] = {}  # pair key -> undo a stuck drain
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
-        self._addresses: dict[int, tuple[Address, ...]] = {}  # master -> its addresses (last reconciliation)
         self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
         self._failures = 0  # reconciliations in a row that left an error (backoff)
         self._retry_reconcile: Optional[asyncio.TimerHandle] = None
@@ -162,6 +161,8 @@ class Daemon:
             t.cancel()
         if self._retry_reconcile is not None:
             self._retry_reconcile.cancel()
+        for t in self._drain_timers.values():
+            t.cancel()
         loop.remove_reader(self._monitor.fileno())
         self._monitor.close()
         if self._udev is not None and self._udev.monitor is not None:
@@ -255,23 +256,17 @@ class Daemon:
 
     def _on_netlink(self) -> None:
         assert self._monitor is not None
-        try:
-            events = self._monitor.read(now_ns)
-        except EventsLost as e:
-            self.resyncs += 1
-            self.request_reconcile(str(e))
-            return
-        for ev in events:
+        batch = self._monitor.read(now_ns)
+        # what was read before an overrun is still true: switch on it first
+        for ev in batch.events:
             self._link_event(ev)
+        if batch.lost:
+            self.resyncs += 1
+            self.request_reconcile(batch.lost)
 
     def _on_udev(self) -> None:
         assert self._udev is not None
-        try:
-            events = self._udev.read(now_ns)
-        except UdevLost as e:
-            self.resyncs += 1
-            self.request_reconcile(str(e))
-            return
+        events, lost = self._udev.read(now_ns)
         for ev in events:
             if ev.action == "add" and ev.ifindex:
                 self._added[ev.ifindex] = ev.t_ns
@@ -282,6 +277,9 @@ class Daemon:
                 if ev.action == "change" and rec is not None:
                     continue  # our own trigger after enslaving: nothing new
                 self.request_reconcile(f"udev {ev.action} {ev.name}")
+        if lost:
+            self.resyncs += 1
+            self.request_reconcile(lost)
 
     def _link_event(self, ev: LinkEvent) -> None:
         link = ev.link
@@ -348,8 +346,8 @@ class Daemon:
                 rec.pending_since_ns = None
                 rec.pending_why = ""
             return
-        if rec.master is None or rec.error:
-            return
+        if rec.master is None:
+            return  # a setup error alone does not stop switching a bond that is there
         if rec.pending_since_ns is None:
             rec.pending_since_ns = t_ns
             rec.pending_why = why
@@ -415,7 +413,7 @@ class Daemon:
             while True:
                 d = decide(self._facts(rec))
                 rec.decision = d
-                if not d.switch or rec.master is None or rec.error:
+                if not d.switch or rec.master is None:
                     return
                 target, master, frm = d.want_active, rec.master, rec.active
                 names = rec.names()
@@ -474,10 +472,12 @@ class Daemon:
         master's addresses, out of its new active member."""
         if not self.cfg.announce:
             return
-        addresses = self._addresses.get(master, ())
-        if not addresses:
-            return
         try:
+            # read now, after the switch: an address that came after pairing
+            # (a DHCP lease) is announced too
+            addresses = self._fast_nl.addresses(master)
+            if not addresses:
+                return
             if link is None:
                 link = self._fast_nl.get_link(master)
             if link is not None:
@@ -543,6 +543,8 @@ class Daemon:
         self.retry_in = delay
         if self._retry_reconcile is not None:
             self._retry_reconcile.cancel()
+        for t in self._drain_timers.values():
+            t.cancel()
         log.warning("reconciliation left work undone (%s): retrying in %.1f s", why, delay)
         self._retry_reconcile = asyncio.get_running_loop().call_later(
             delay, self.request_reconcile, f"retry {self._failures} after: {why}"
@@ -570,6 +572,9 @@ class Daemon:
             rec.standby_carrier = sby.lower_up and sby.up
             if prim is None and rec.primary is not None and rec.drained:
                 rec.drained = False  # the drained primary is gone: drain complete
+                timer = self._drain_timers.pop(rec.key, None)
+                if timer is not None:
+                    timer.cancel()
             new_primary = prim is not None and prim.ifindex != rec.primary
             rec.primary = prim.ifindex if prim else None
             rec.primary_name = prim.name if prim else ""
@@ -607,7 +612,6 @@ class Daemon:
             for idx in (rec.master, rec.standby, rec.primary):
                 if idx is not None:
                     self.by_member[idx] = rec
-        self._addresses = {i: link.addresses for i, link in snap.links.items() if is_ours(link)}
         self._watch_teamd(out.pids)
         self.sections = match_sections(result, snap)
         for rec in self.pairs.values():
@@ -642,9 +646,10 @@ class Daemon:
     # ------------------------------------------------------------ commands (D-Bus, CLI)
 
     def find_pair(self, name: str) -> PairRecord:
-        for rec in self.pairs.values():
-            if name in (rec.master_name, rec.label, rec.key, rec.standby_name, rec.primary_name):
-                return rec
+        if name:
+            for rec in self.pairs.values():
+                if name in (rec.master_name, rec.label, rec.key, rec.standby_name, rec.primary_name):
+                    return rec
         raise NotFound(f"no pair {name!r}")
 
     async def rescan(self) -> None:
@@ -658,6 +663,9 @@ class Daemon:
         if member in ("standby", rec.standby_name):
             return await self.prepare_unplug(rec.master_name)
         if member in ("primary", rec.primary_name) and rec.primary is not None:
+            timer = self._drain_timers.pop(rec.key, None)
+            if timer is not None:
+                timer.cancel()
             rec.drained = False
             await self.rescan()  # puts the bond's primary back
             return self.pair_json(rec)
@@ -665,7 +673,9 @@ class Daemon:
 
     async def prepare_unplug(self, primary: str, timeout: float = 5.0) -> dict[str, Any]:
         """Move the datapath to the standby and answer once the kernel confirms
-        that the primary carries nothing: then the VF can go."""
+        that the primary carries nothing: then the VF can go.  A drain that
+        fails or times out is undone (the pair goes back to its primary); one
+        whose VF is not removed within agent.drain_timeout is undone too."""
         rec = self.find_pair(primary)
         if rec.master is None:
             raise NotFound(f"{primary}: the pair has no master")
@@ -673,6 +683,8 @@ class Daemon:
             raise SystemRefused(
                 f"{rec.master_name}: the standby has no carrier; unplugging would cut the link"
             )
+        if rec.in_call:
+            raise SystemRefused(f"{rec.master_name}: a switch is in flight; try again")
         rec.drained = True
         t0 = now_ns()
         loop = asyncio.get_running_loop()
@@ -686,20 +698,66 @@ class Daemon:
             return self._set_active_sync(master, names.get(master, ""), sby, names.get(sby, ""))
 
         rec.in_call = True
+        fut = loop.run_in_executor(self._fast, drain)
+        done, _ = await asyncio.wait({fut}, timeout=timeout)
+        if not done:
+            # the request is still with the kernel: the pair stays "in call"
+            # until it returns, then the drain is undone
+            def late(_f: asyncio.Future[Optional[int]]) -> None:
+                rec.in_call = False
+                self._undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
+
+            fut.add_done_callback(late)
+            raise SystemRefused(
+                f"{rec.master_name}: the kernel did not confirm the switch to "
+                f"{rec.name_of(sby)} within {timeout:g} s; the drain is undone"
+            )
+        rec.in_call = False
         try:
-            confirmed = await asyncio.wait_for(loop.run_in_executor(self._fast, drain), timeout)
-        finally:
-            rec.in_call = False
+            confirmed = fut.result()
+        except GuestfailError as e:
+            self._undrain(rec, f"prepare-unplug failed: {e}")
+            raise
         rec.active = confirmed
         if confirmed != sby:
+            self._undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
             self._record(rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail")
         rec.pending_since_ns = None
         rec.pending_why = ""
         rec.decision = decide(self._facts(rec))
+        self._arm_drain_timeout(rec)
         self._write_state()
         return self.pair_json(rec)
+
+    def _undrain(self, rec: PairRecord, why: str) -> None:
+        """The pair goes back to its primary: the reconciliation makes it the
+        bond's preferred member again, and the kernel reselects it."""
+        timer = self._drain_timers.pop(rec.key, None)
+        if timer is not None:
+            timer.cancel()
+        if not rec.drained:
+            return
+        log.warning("%s: %s; the drain is undone", rec.master_name, why)
+        rec.drained = False
+        rec.pending_since_ns, rec.pending_why = now_ns(), f"drain undone: {why}"
+        rec.decision = decide(self._facts(rec))
+        self._write_state()
+        self.request_reconcile(f"{rec.master_name}: drain undone")
+
+    def _arm_drain_timeout(self, rec: PairRecord) -> None:
+        old = self._drain_timers.pop(rec.key, None)
+        if old is not None:
+            old.cancel()
+        if self.cfg.drain_timeout <= 0:
+            return
+        self._drain_timers[rec.key] = asyncio.get_running_loop().call_later(
+            self.cfg.drain_timeout,
+            self._undrain,
+            rec,
+            f"{rec.primary_name or 'the VF'} was not removed within {self.cfg.drain_timeout} s",
+        )
 
     def pair_json(self, rec: PairRecord) -> dict[str, Any]:
         return rec.to_json()

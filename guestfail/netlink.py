@@ -8,8 +8,8 @@
   these methods from one worker thread (`guestfail.daemon`).
 * `LinkMonitor`: link events from a plain non-blocking netlink socket the
   daemon's event loop watches; messages are decoded with pyroute2's parser.
-  A full socket buffer (ENOBUFS) means events were lost: `EventsLost` tells the
-  daemon to resync.
+  A full socket buffer (ENOBUFS) means events were lost: the batch says so,
+  after the events read before it, and the daemon resyncs.
 """
 
 from __future__ import annotations
@@ -77,10 +77,6 @@ class NetlinkFailure(SystemRefused):
         self.code = code
         name = errno.errorcode.get(code, str(code))
         super().__init__(f"{what}: {os.strerror(code)} ({name})")
-
-
-class EventsLost(Exception):
-    """The kernel dropped events for this socket (ENOBUFS): resync."""
 
 
 # ------------------------------------------------------------------ parsing
@@ -268,6 +264,7 @@ class Rtnl(Protocol):
 
     def dump(self) -> Dump: ...
     def get_link(self, ifindex: int) -> Optional[Link]: ...
+    def addresses(self, ifindex: int) -> list[Address]: ...
     def lookup(self, name: str) -> Optional[int]: ...
     def holder_of(self, name: str) -> Optional[Link]: ...
     def close(self) -> None: ...
@@ -347,6 +344,11 @@ class Netlink:
                 return None
             raise NetlinkFailure(f"read link {ifindex}", int(e.code)) from None
         return parse_link(msgs[0]) if msgs else None
+
+    def addresses(self, ifindex: int) -> list[Address]:
+        """The addresses on one link now."""
+        msgs = self._do(f"read the addresses of {ifindex}", lambda: list(self.ipr.get_addr(index=ifindex)))
+        return [a for i, a in (parse_addr(m) for m in msgs) if i == ifindex]
 
     def lookup(self, name: str) -> Optional[int]:
         found = self._do(f"look up {name}", lambda: self.ipr.link_lookup(ifname=name))
@@ -584,6 +586,16 @@ class LinkEvent:
     t_ns: int  # when the daemon read it (CLOCK_MONOTONIC)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What one read gave: the events, in order, and whether the kernel
+    dropped some after them (then a resync must follow; the events read
+    before the overrun are still good and are handled first)."""
+
+    events: list[LinkEvent]
+    lost: str = ""
+
+
 class LinkMonitor:
     """Link events on a non-blocking netlink socket (RTMGRP_LINK)."""
 
@@ -601,19 +613,23 @@ class LinkMonitor:
     def close(self) -> None:
         self.sock.close()
 
-    def read(self, now_ns: Callable[[], int]) -> list[LinkEvent]:
-        """Every event queued now; raises EventsLost after an overrun."""
+    def read(self, now_ns: Callable[[], int]) -> Batch:
+        """Every event queued now; `lost` says when the kernel dropped some."""
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         out: list[LinkEvent] = []
+        lost = ""
         while True:
             try:
                 data = self.sock.recv(1 << 16)
             except BlockingIOError:
-                return out
+                return Batch(out, lost)
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    raise EventsLost("netlink socket overrun") from None
+                    # the kernel reports the overrun once, then gives what it
+                    # did queue: read on
+                    lost = "netlink socket overrun"
+                    continue
                 raise
             t = now_ns()
             for typ, chunk in split_messages(data):
@@ -622,7 +638,7 @@ class LinkMonitor:
                     msg.decode()
                     out.append(LinkEvent(typ == RTM_DELLINK, parse_link(msg), t))
                 elif typ == NLMSG_OVERRUN:
-                    raise EventsLost("netlink overrun message")
+                    lost = "netlink overrun message"
 
 
 def split_messages(data: bytes) -> list[tuple[int, bytes]]:

@@ -78,7 +78,7 @@ class FakeKernel:
         step: class/net/<name> follows renames, creations and deletions."""
         self.sysfs = sysfs
         self.links: dict[int, FakeLink] = {}
-        self.addresses: list[tuple[int, Address]] = []
+        self.addr_table: list[tuple[int, Address]] = []
         self.routes: list[tuple[int, Route]] = []
         self.requests: list[str] = []
         self.rename_up_ok = rename_up_ok
@@ -185,7 +185,7 @@ class FakeKernel:
     def _link_down(self, x: FakeLink) -> None:
         """What NETDEV_DOWN takes from a link."""
         x.up = False
-        self.addresses = [(i, a) for i, a in self.addresses if not (i == x.ifindex and a.family == 10)]
+        self.addr_table = [(i, a) for i, a in self.addr_table if not (i == x.ifindex and a.family == 10)]
         self.routes = [(o, r) for o, r in self.routes if not r.uses(x.ifindex, o)]
         if x.master is not None and x.master in self.links:
             self._reselect(x.master)
@@ -202,7 +202,7 @@ class FakeKernel:
         master = x.master
         del self.links[ifindex]
         self._sys_deleted(x.name)
-        self.addresses = [(i, a) for i, a in self.addresses if i != ifindex]
+        self.addr_table = [(i, a) for i, a in self.addr_table if i != ifindex]
         if master is not None and master in self.links:
             self._reselect(master)
 
@@ -268,13 +268,16 @@ class FakeKernel:
     def dump(self) -> Dump:
         return Dump(
             [self._link(x) for x in sorted(self.links.values(), key=lambda x: x.ifindex)],
-            list(self.addresses),
+            list(self.addr_table),
             list(self.routes),
         )
 
     def get_link(self, ifindex: int) -> Optional[Link]:
         x = self.links.get(ifindex)
         return self._link(x) if x is not None else None
+
+    def addresses(self, ifindex: int) -> list[Address]:
+        return [a for i, a in self.addr_table if i == ifindex]
 
     def lookup(self, name: str) -> Optional[int]:
         for x in self.links.values():
@@ -457,15 +460,15 @@ class FakeKernel:
         what = f"add {a.address}/{a.prefixlen} to {name}"
         self._get(ifindex, what)
         self._maybe_fail("addr", what)
-        if any(i == ifindex and x.key == a.key for i, x in self.addresses):
+        if any(i == ifindex and x.key == a.key for i, x in self.addr_table):
             return
-        self.addresses.append((ifindex, replace(a, label=a.label or (name if a.family == 2 else ""))))
+        self.addr_table.append((ifindex, replace(a, label=a.label or (name if a.family == 2 else ""))))
         self._change(what)
 
     def del_address(self, ifindex: int, name: str, a: Address) -> None:
-        before = len(self.addresses)
-        self.addresses = [(i, x) for i, x in self.addresses if not (i == ifindex and x.key == a.key)]
-        if len(self.addresses) != before:
+        before = len(self.addr_table)
+        self.addr_table = [(i, x) for i, x in self.addr_table if not (i == ifindex and x.key == a.key)]
+        if len(self.addr_table) != before:
             self._change(f"remove {a.address}/{a.prefixlen} from {name}")
 
     def _reachable(self, oif: int, gateway: str, family: int) -> bool:
@@ -476,7 +479,7 @@ class FakeKernel:
             i == oif
             and a.family == family
             and gw in ipaddress.ip_network(f"{a.address}/{a.prefixlen}", False)
-            for i, a in self.addresses
+            for i, a in self.addr_table
         )
 
     def add_route(self, oif: int, name: str, r: Route) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -13,8 +15,9 @@ import pytest
 
 from guestfail.config import parse
 from guestfail.daemon import Daemon
-from guestfail.model import IFF_LOWER_UP, IFF_UP, BondState, Link
-from guestfail.netlink import LinkEvent, NetlinkFailure
+from guestfail.errors import NotFound, SystemRefused
+from guestfail.model import IFF_LOWER_UP, IFF_UP, Address, BondState, Link
+from guestfail.netlink import Batch, LinkEvent, NetlinkFailure
 from guestfail.state import PairRecord
 
 MASTER, SBY, VF = 5, 2, 3
@@ -43,6 +46,11 @@ class FakeBond:
         return master.bond.active_slave if master.bond else None
 
     # the netlink side: reading the master back
+    addrs: list[Address] = []
+
+    def addresses(self, ifindex: int) -> list[Address]:
+        return list(self.addrs)
+
     def get_link(self, ifindex: int) -> Optional[Link]:
         self.calls.append(("read", ifindex))
         state = BondState(1, self.current, VF, 100, 0, 0)
@@ -84,8 +92,8 @@ def meanwhile(fake: FakeBond, fn: Callable[[int], None]) -> asyncio.Event:
     return done
 
 
-def make_daemon(tmp_path: Path) -> tuple[Daemon, PairRecord, FakeBond]:
-    d = Daemon(parse(f'[agent]\nstate_dir = "{tmp_path}"'), use_udev=False, use_dbus=False)
+def make_daemon(tmp_path: Path, agent: str = "") -> tuple[Daemon, PairRecord, FakeBond]:
+    d = Daemon(parse(f'[agent]\nstate_dir = "{tmp_path}"\n{agent}'), use_udev=False, use_dbus=False)
     fake = FakeBond()
     d._fast_backend = fake  # type: ignore[assignment]  # the kernel boundary: the bond
     d._fast_nl = fake  # type: ignore[assignment]  # and reading it back
@@ -216,6 +224,140 @@ def test_a_reconciliation_during_the_switch_keeps_the_event_time(tmp_path: Path)
         (sw,) = rec.history
         assert sw.reason == "ens11npf lost carrier"
         assert sw.latency_ms is not None and sw.latency_ms > 0  # measured from the event, not from 0
+        d._fast.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_setup_error_does_not_stop_switching_a_bond_that_is_there(tmp_path: Path) -> None:
+    """Issue 16 #11: any error of the last reconciliation turned fast
+    switching off for the pair, though its bond and members were intact."""
+
+    async def go() -> None:
+        d, rec, fake = make_daemon(tmp_path)
+        rec.error = "add 192.0.2.9/24 to ens11: Permission denied (EPERM)"
+        d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
+        await settle(d)
+        assert fake.calls[0] == ("set_active", SBY) and rec.active == SBY
+        d._fast.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_switch_announces_the_addresses_the_master_has_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An address that came after the last reconciliation (a DHCP lease) is
+    announced after the switch: the master's addresses are read then."""
+    sent: list[tuple[int, str, list[str]]] = []
+    monkeypatch.setattr(
+        "guestfail.announce.send",
+        lambda idx, mac, addrs: sent.append((idx, mac, [a.address for a in addrs])) or 1,
+    )
+
+    async def go() -> None:
+        d, _rec, fake = make_daemon(tmp_path)
+        fake.addrs = [Address(socket.AF_INET, "192.0.2.77", 24, valid_lft=30)]
+        d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
+        await settle(d)
+        assert sent == [(MASTER, "02:00:00:00:00:11", ["192.0.2.77"])]
+        d._fast.shutdown()
+
+    asyncio.run(go())
+
+
+def test_events_read_before_an_overrun_are_switched_on_then_a_resync_follows(tmp_path: Path) -> None:
+    """Issue 16 #12."""
+
+    class Monitor:
+        def read(self, _now: Callable[[], int]) -> Batch:
+            return Batch(
+                [LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000)], "netlink socket overrun"
+            )
+
+    async def go() -> None:
+        d, rec, _fake = make_daemon(tmp_path)
+        asked: list[str] = []
+        d.request_reconcile = asked.append  # type: ignore[method-assign]
+        d._monitor = Monitor()  # type: ignore[assignment]
+        d._on_netlink()
+        await settle(d)
+        assert rec.active == SBY and asked == ["netlink socket overrun"] and d.resyncs == 1
+        d._fast.shutdown()
+
+    asyncio.run(go())
+
+
+def test_an_empty_name_finds_no_pair(tmp_path: Path) -> None:
+    """Issue 16 #13: find_pair("") matched any pair without a label."""
+    d, rec, _ = make_daemon(tmp_path)
+    assert rec.label == ""
+    with pytest.raises(NotFound):
+        d.find_pair("")
+    assert d.find_pair("ens11") is rec
+    d._fast.shutdown()
+
+
+def test_a_prepare_unplug_the_kernel_refuses_is_undone(tmp_path: Path) -> None:
+    """Issue 16 #6: a failed drain left the pair pinned to its standby."""
+
+    async def go() -> None:
+        d, rec, fake = make_daemon(tmp_path)
+        asked: list[str] = []
+        d.request_reconcile = asked.append  # type: ignore[method-assign]
+        fake.link_up = {VF}  # the standby cannot be made active
+        with pytest.raises(NetlinkFailure):
+            await d.prepare_unplug("ens11npf")
+        assert not rec.drained and not rec.in_call
+        assert asked == ["ens11: drain undone"]  # the reconciliation puts the primary back
+        d._fast.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_prepare_unplug_that_times_out_is_undone_when_the_kernel_answers(tmp_path: Path) -> None:
+    """Issue 16 #6: after a timeout the pair stays 'in call' while the
+    request is still with the kernel, and the drain is undone when it returns."""
+
+    async def go() -> None:
+        d, rec, fake = make_daemon(tmp_path)
+        asked: list[str] = []
+        d.request_reconcile = asked.append  # type: ignore[method-assign]
+        release = threading.Event()
+        orig = fake.set_active
+
+        def slow(master: int, master_name: str, slave: int, slave_name: str) -> None:
+            release.wait(30)
+            orig(master, master_name, slave, slave_name)
+
+        fake.set_active = slow  # type: ignore[method-assign]
+        with pytest.raises(SystemRefused, match="did not confirm"):
+            await d.prepare_unplug("ens11npf", timeout=0.01)
+        assert rec.in_call and rec.drained  # the request is still out
+        undone = asyncio.Event()
+        d.request_reconcile = lambda why: (asked.append(why), undone.set())  # type: ignore[method-assign,func-returns-value]
+        release.set()
+        await undone.wait()
+        assert not rec.in_call and not rec.drained and asked == ["ens11: drain undone"]
+        d._fast.shutdown()
+
+    asyncio.run(go())
+
+
+def test_a_drain_whose_vf_is_not_removed_is_undone(tmp_path: Path) -> None:
+    """A removal that never came (a cancelled migration) must not pin the
+    pair to its standby for good: agent.drain_timeout undoes it."""
+
+    async def go() -> None:
+        d, rec, _fake = make_daemon(tmp_path, "drain_timeout = 1\n")
+        undone = asyncio.Event()
+        d.request_reconcile = lambda why: undone.set()  # type: ignore[method-assign]
+        await d.prepare_unplug("ens11npf")
+        assert rec.drained and rec.active == SBY
+        await asyncio.wait_for(undone.wait(), 10)
+        assert not rec.drained
+        (last,) = list(rec.history)[-1:]
+        assert last.reason == "prepare-unplug"
         d._fast.shutdown()
 
     asyncio.run(go())

@@ -75,7 +75,7 @@ class World:
 
     def addresses(self, name: str) -> set[tuple[int, str, int]]:
         idx = self.link(name).ifindex
-        return {a.key for i, a in self.k.addresses if i == idx}
+        return {a.key for i, a in self.k.addr_table if i == idx}
 
     def routes(self, name: str) -> set[tuple[int, str, int, int, int]]:
         idx = self.link(name).ifindex
@@ -114,7 +114,7 @@ def test_a_pair_is_built_with_everything_on_the_master(tmp_path: Path) -> None:
     assert out.verified and not out.errors
     assert_paired(w)
     # the DHCP address keeps its lifetime and label (on the master's name)
-    (dhcp,) = [a for _, a in w.k.addresses if a.address == "192.0.2.3"]
+    (dhcp,) = [a for _, a in w.k.addr_table if a.address == "192.0.2.3"]
     assert dhcp.label == "ens11:dhcp" and dhcp.valid_lft is not None and dhcp.valid_lft <= 600
     # a second run changes nothing
     before = list(w.k.requests)
