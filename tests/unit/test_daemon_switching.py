@@ -250,10 +250,12 @@ def test_a_switch_announces_the_addresses_the_master_has_now(
     """An address that came after the last reconciliation (a DHCP lease) is
     announced after the switch: the master's addresses are read then."""
     sent: list[tuple[int, str, list[str]]] = []
-    monkeypatch.setattr(
-        "guestfail.announce.send",
-        lambda idx, mac, addrs: sent.append((idx, mac, [a.address for a in addrs])) or 1,
-    )
+
+    def send(idx: int, mac: str, addrs: list[Address]) -> int:
+        sent.append((idx, mac, [a.address for a in addrs]))
+        return len(addrs)
+
+    monkeypatch.setattr("guestfail.announce.send", send)
 
     async def go() -> None:
         d, _rec, fake = make_daemon(tmp_path)
@@ -278,7 +280,7 @@ def test_events_read_before_an_overrun_are_switched_on_then_a_resync_follows(tmp
     async def go() -> None:
         d, rec, _fake = make_daemon(tmp_path)
         asked: list[str] = []
-        d.request_reconcile = asked.append  # type: ignore[method-assign]
+        d.request_reconcile = asked.append  # type: ignore[method-assign,assignment]
         d._monitor = Monitor()  # type: ignore[assignment]
         d._on_netlink()
         await settle(d)
@@ -304,7 +306,7 @@ def test_a_prepare_unplug_the_kernel_refuses_is_undone(tmp_path: Path) -> None:
     async def go() -> None:
         d, rec, fake = make_daemon(tmp_path)
         asked: list[str] = []
-        d.request_reconcile = asked.append  # type: ignore[method-assign]
+        d.request_reconcile = asked.append  # type: ignore[method-assign,assignment]
         fake.link_up = {VF}  # the standby cannot be made active
         with pytest.raises(NetlinkFailure):
             await d.prepare_unplug("ens11npf")
@@ -322,7 +324,7 @@ def test_a_prepare_unplug_that_times_out_is_undone_when_the_kernel_answers(tmp_p
     async def go() -> None:
         d, rec, fake = make_daemon(tmp_path)
         asked: list[str] = []
-        d.request_reconcile = asked.append  # type: ignore[method-assign]
+        d.request_reconcile = asked.append  # type: ignore[method-assign,assignment]
         release = threading.Event()
         orig = fake.set_active
 
@@ -335,7 +337,12 @@ def test_a_prepare_unplug_that_times_out_is_undone_when_the_kernel_answers(tmp_p
             await d.prepare_unplug("ens11npf", timeout=0.01)
         assert rec.in_call and rec.drained  # the request is still out
         undone = asyncio.Event()
-        d.request_reconcile = lambda why: (asked.append(why), undone.set())  # type: ignore[method-assign,func-returns-value]
+
+        def reconcile(why: str) -> None:
+            asked.append(why)
+            undone.set()
+
+        d.request_reconcile = reconcile  # type: ignore[method-assign]
         release.set()
         await undone.wait()
         assert not rec.in_call and not rec.drained and asked == ["ens11: drain undone"]
