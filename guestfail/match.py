@@ -203,6 +203,9 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
     for link in sorted(snap.links.values(), key=lambda x: x.ifindex):
         if link.ifindex in kernel_owned:
             continue
+        if link.ifindex in snap.unstable:
+            res.ignored.append((link.ifindex, "renamed while it was read: looked at again"))
+            continue
         role, _ = classify(link, cfg, snap)
         if role is None:
             continue

@@ -257,6 +257,9 @@ class Snapshot:
 
     links: dict[int, Link] = field(default_factory=dict)
     routes: tuple[tuple[int, Route], ...] = ()  # (oif, route)
+    # links renamed while the snapshot was taken: their sysfs identity is
+    # unknown, so nothing decides on them until the next observation
+    unstable: tuple[int, ...] = ()
 
     def by_name(self, name: str) -> Optional[Link]:
         for link in self.links.values():

@@ -145,6 +145,9 @@ class Reconciler:
                 observed(replace(out, errors=dict(out.errors)))
             done = self._pass(out, drained)
             out.steps += done
+            if snap.unstable:
+                log.debug("links renamed while observed: %s; observing again", snap.unstable)
+                continue  # not verified: a rename was in flight
             if done == 0:
                 out.verified = True
                 break
