@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import signal
-from typing import Callable, Optional, Protocol, TypeVar
+from typing import Callable, ClassVar, Optional, Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -173,12 +173,14 @@ def fault_limit(environ: Optional[dict[str, str]] = None) -> Optional[int]:
 
 
 class Executor:
+    #: steps run in this process's life, by every executor (the fault hook counts them)
+    steps_run: ClassVar[int] = 0
+
     def __init__(self, netlink: Rtnl, backend: Backend, ingress: bool = True) -> None:
         self.nl = netlink
         self.backend = backend
         self.ingress = ingress
         self.links: dict[int, Link] = {}
-        self.steps_run = 0  # in this process's life (the fault hook counts them)
         self.kill_after = fault_limit()
 
     def run(
@@ -222,7 +224,7 @@ class Executor:
 
         hook = before_enslave
         for step in steps:
-            if self.kill_after is not None and self.steps_run >= self.kill_after:
+            if self.kill_after is not None and Executor.steps_run >= self.kill_after:
                 log.warning("%s: %s: killed before %s", label, FAULT_ENV, describe(step, known))
                 os.kill(os.getpid(), signal.SIGKILL)
             if hook is not None and isinstance(step, Enslave):
@@ -231,7 +233,7 @@ class Executor:
                 hook = None
             log.info("%s: %s", label, describe(step, known))
             retrying(lambda s=step: self._one(s, ref, name, names, masters))  # type: ignore[misc]
-            self.steps_run += 1
+            Executor.steps_run += 1
 
     def _reclaim(self, step: Rename) -> bool:
         """Take `step.name` back from a member that holds it as an altname."""

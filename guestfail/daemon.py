@@ -35,7 +35,7 @@ from guestfail.config import Config
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.integrations import NetworkManagerIntegration, TeamdSupervision
 from guestfail.model import Link
-from guestfail.netlink import LinkEvent, LinkMonitor, Netlink, NetlinkFailure
+from guestfail.netlink import LinkEvent, LinkMonitor, Netlink, NetlinkFailure, Rtnl
 from guestfail.notify import notify
 from guestfail.pairstate import Facts, decide
 from guestfail.reconcile import Integration, Outcome, Reconciler
@@ -62,7 +62,10 @@ class Daemon:
         sysfs: Optional[Sysfs] = None,
         use_udev: bool = True,
         use_dbus: bool = True,
+        rtnl: Callable[[], Rtnl] = Netlink,
     ) -> None:
+        """`rtnl` makes the netlink connections (one per thread); `sysfs`
+        reads and writes sysfs: the kernel boundary, which tests replace."""
         self.cfg = cfg
         self.sysfs = sysfs or Sysfs()
         self.use_udev = use_udev
@@ -92,8 +95,8 @@ class Daemon:
         # one thread per kind of work, each with its own netlink socket
         self._fast = ThreadPoolExecutor(1, thread_name_prefix="gf-switch")
         self._slow = ThreadPoolExecutor(1, thread_name_prefix="gf-reconcile")
-        self._fast_nl = Netlink()
-        self._slow_nl = Netlink()
+        self._fast_nl = rtnl()
+        self._slow_nl = rtnl()
         self._fast_backend = self._make_backend(self._fast_nl)
         self._slow_backend = self._make_backend(self._slow_nl)
         self._udev: Optional[Udev] = None
@@ -119,7 +122,7 @@ class Daemon:
             integrations=tuple(integrations),
         )
 
-    def _make_backend(self, nl: Netlink) -> Backend:
+    def _make_backend(self, nl: Rtnl) -> Backend:
         if self.cfg.backend == "team":
             from guestfail.team import TeamBackend
 
@@ -774,6 +777,7 @@ class Daemon:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "reconciles": self.reconciles,
             "resyncs": self.resyncs,
+            "retry_in_s": self.retry_in,
         }
 
     def status(self) -> dict[str, Any]:

@@ -68,6 +68,8 @@ class Entry:
     kind: str = "bond"
     since: float = 0.0  # CLOCK_BOOTTIME when the addresses were read
     kept: dict[str, Any] = field(default_factory=dict)  # integrations' data
+    # members guestfail renames besides the standby: (its name for it, its own)
+    renamed: tuple[tuple[str, str], ...] = ()
 
     def addresses_now(self, t: Optional[float] = None) -> tuple[Address, ...]:
         """The addresses with their lifetimes run down to `t`; expired ones
@@ -115,6 +117,7 @@ def from_json(d: dict[str, Any]) -> Entry:
         raise ValueError("not a guestfail journal entry of this version")
     d["addresses"] = tuple(Address(**a) for a in d.get("addresses", ()))
     d["routes"] = tuple(_route_from(r) for r in d.get("routes", ()))
+    d["renamed"] = tuple((str(a), str(b)) for a, b in d.get("renamed", ()))
     return Entry(**d)
 
 

@@ -469,7 +469,18 @@ def release_entry(master: Link, snap: Snapshot, t: float) -> Optional[Entry]:
         master=master.name,
         kind=master.kind,
         since=t,
+        renamed=tuple((s.name, own) for s, own in _renamed_primaries(master, standby, snap)),
     )
+
+
+def _renamed_primaries(master: Link, standby: Link, snap: Snapshot) -> list[tuple[Link, str]]:
+    """Members guestfail gave the <name>npf name, with their own (kept as
+    their first altname)."""
+    return [
+        (s, s.altnames[0])
+        for s in snap.slaves_of(master.ifindex)
+        if s.ifindex != standby.ifindex and s.altnames and s.name.endswith(naming.PRIMARY_SUFFIX)
+    ]
 
 
 def _standby_of(master: Link, snap: Snapshot) -> Optional[Link]:
@@ -483,7 +494,6 @@ def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) ->
     altname).  The inverse of what plan_pair built.  `entry`: an earlier
     release's journal entry, whose addresses the standby gets as well."""
     marker = parse_marker(master.ifalias) or {}
-    slaves = snap.slaves_of(master.ifindex)
     standby = _standby_of(master, snap)
     steps: list[Step] = [DeleteMaster(master.ifindex)]
     if standby is None:
@@ -501,9 +511,8 @@ def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) ->
         routes += tuple(r for r in entry.routes if r.key not in known)
     if moving or routes:
         steps.append(MoveAddresses(master.ifindex, standby.ifindex, moving, routes))
-    for s in slaves:
-        if s.ifindex != standby.ifindex and s.altnames and s.name.endswith(naming.PRIMARY_SUFFIX):
-            steps.append(Rename(s.ifindex, s.altnames[0], reclaim_from=(s.ifindex,)))
+    for s, own in _renamed_primaries(master, standby, snap):
+        steps.append(Rename(s.ifindex, own, reclaim_from=(s.ifindex,)))
     return steps
 
 
@@ -516,7 +525,7 @@ def plan_finish_release(entry: Entry, snap: Snapshot) -> list[Step]:
         None,
     )
     if standby is None:
-        return []
+        return []  # still enslaved (to a master being released) or gone
     steps: list[Step] = []
     if standby.name != entry.standby_name:
         if standby.up:
@@ -530,4 +539,11 @@ def plan_finish_release(entry: Entry, snap: Snapshot) -> list[Step]:
     routes = _missing_routes(entry.routes, standby.ifindex, snap)
     if addresses or routes:
         steps.append(AddAddresses(standby.ifindex, addresses, routes))
+    for name, own in entry.renamed:
+        member = next((x for x in snap.links.values() if x.name == name), None)
+        if member is None or member.master is not None or member.name == own:
+            continue
+        if member.up:
+            steps.append(SetDown(member.ifindex))
+        steps.append(Rename(member.ifindex, own, reclaim_from=(member.ifindex,)))
     return steps

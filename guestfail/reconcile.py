@@ -254,6 +254,9 @@ class Reconciler:
         )
         addresses = tuple(a for a in sby.addresses if movable(a))
         merged = base.merged(addresses, tuple(snap.routes_via(sby.ifindex)), t)
+        primary_renamed: tuple[tuple[str, str], ...] = ()
+        if spec.primary_name and spec.primary_altname:
+            primary_renamed = ((spec.primary_name, spec.primary_altname),)
         return Entry(
             key=spec.key,
             op="pair",
@@ -266,6 +269,7 @@ class Reconciler:
             kind=self.cfg.backend,
             since=merged.since,
             kept=kept,
+            renamed=tuple(dict.fromkeys((*base.renamed, *primary_renamed))),
         )
 
     def _undo_leaked(self, snap: Snapshot, live: set[str], entries: dict[str, Entry]) -> int:

@@ -4,6 +4,8 @@ run, after a crash at any step and a restart, after a config change."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -12,9 +14,12 @@ import pytest
 
 from guestfail.apply import BondBackend
 from guestfail.config import Config, parse
+from guestfail.daemon import Daemon
+from guestfail.errors import NotFound
 from guestfail.journal import Journal
 from guestfail.model import Address, NextHop, Route
 from guestfail.reconcile import Outcome, Reconciler
+from guestfail.release import release
 from guestfail.sysfs import Sysfs
 from tests.fakekernel import Crashed, FakeKernel
 from tests.fakesys import FakeSys
@@ -278,3 +283,87 @@ def test_a_multipath_route_through_the_standby_moves_with_its_other_path(tmp_pat
     master = w.link("ens11").ifindex
     (moved,) = [r for _, r in w.k.routes if r.nexthops]
     assert {(h.oif, h.gateway) for h in moved.nexthops} == {(master, "192.0.2.1"), (other, "203.0.113.1")}
+
+
+def assert_released(w: World) -> None:
+    """The guest as it was before guestfail: the standby with its name,
+    up, with everything; the VF with its own name; no master."""
+    assert not [x for x in w.k.links.values() if x.kind == "bond"]
+    sby = w.link("ens11")
+    assert sby.up and sby.master is None
+    assert w.addresses("ens11") == EVERYTHING and w.routes("ens11") == ALL_ROUTES
+    assert w.link("ens5001").master is None
+    assert Journal(w.state / "journal").all() == {}
+
+
+def paired_world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    w.configured_standby()
+    w.vf()
+    w.run()
+    assert_paired(w)
+    return w
+
+
+def test_release_gives_everything_back(tmp_path: Path) -> None:
+    w = paired_world(tmp_path)
+    said: list[str] = []
+    assert release(w.cfg, w.k, Sysfs(tmp_path / "sys"), None, said.append) == ["ens11"]
+    assert said == ["released ens11"]
+    assert_released(w)
+
+
+def test_a_release_killed_at_any_step_is_finished_by_the_next(tmp_path: Path) -> None:
+    """The package's removal runs `guestfail release --all`; killed at any
+    step (a master already deleted included), running it again leaves the
+    guest as it was, with every address and route on the standby."""
+    ref = paired_world(tmp_path / "ref")
+    before = len(ref.k.requests)
+    release(ref.cfg, ref.k, Sysfs(tmp_path / "ref" / "sys"), None, lambda _: None)
+    total = len(ref.k.requests) - before
+    assert total >= 5
+    for n in range(1, total + 1):
+        w = paired_world(tmp_path / f"crash{n}")
+        w.k.crash_after(n)
+        with pytest.raises(Crashed):
+            release(w.cfg, w.k, Sysfs(tmp_path / f"crash{n}" / "sys"), None, lambda _: None)
+        release(w.cfg, w.k, Sysfs(tmp_path / f"crash{n}" / "sys"), None, lambda _: None)
+        assert_released(w)
+
+
+def test_release_of_a_name_that_is_no_master_changes_nothing(tmp_path: Path) -> None:
+    w = paired_world(tmp_path)
+    before = list(w.k.requests)
+    with pytest.raises(NotFound, match="no master guestfail built is called 'ens11nsby'"):
+        release(w.cfg, w.k, Sysfs(tmp_path / "sys"), ["ens11", "ens11nsby"])
+    assert w.k.requests == before
+
+
+def test_a_reconciliation_that_fails_is_retried_until_it_succeeds(tmp_path: Path) -> None:
+    """Issue 16 #8: a failed reconciliation waited for some other event; now
+    it is tried again with backoff, and status shows the cause meanwhile."""
+    w = World(tmp_path)
+    w.configured_standby()
+    w.vf()
+    w.k.fail["enslave"] = errno.EPERM  # once: the kernel refuses the first enslave
+
+    async def go() -> None:
+        d = Daemon(w.cfg, sysfs=Sysfs(tmp_path / "sys"), use_udev=False, use_dbus=False, rtnl=lambda: w.k)
+        worker = asyncio.ensure_future(d._reconcile_loop())
+        try:
+            d.request_reconcile("start")
+            await d._reconciled.wait()
+            (rec,) = d.pairs.values()
+            assert "Operation not permitted" in rec.error and d.retry_in == 0.5
+            doc = d.status()
+            assert doc["daemon"]["retry_in_s"] == 0.5 and doc["pairs"][0]["error"] == rec.error
+            d._reconciled.clear()
+            await asyncio.wait_for(d._reconciled.wait(), 10)  # the retry, by itself
+            assert rec.error == "" and d.retry_in is None
+        finally:
+            worker.cancel()
+            d._fast.shutdown()
+            d._slow.shutdown()
+
+    asyncio.run(go())
+    assert_paired(w)
