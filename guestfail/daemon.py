@@ -19,7 +19,6 @@ No polling: the loop sleeps until netlink, udev, D-Bus or a signal wakes it.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
@@ -28,18 +27,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, announce, processes
+from guestfail import __version__, processes
 from guestfail import config as config_mod
-from guestfail.apply import Backend, BondBackend, retrying
+from guestfail.apply import Backend, BondBackend
 from guestfail.config import Config
 from guestfail.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.integrations import NetworkManagerIntegration, TeamdSupervision
-from guestfail.model import Link
-from guestfail.netlink import LinkEvent, LinkMonitor, Netlink, NetlinkFailure, Rtnl
+from guestfail.netlink import LinkEvent, LinkMonitor, Netlink, Rtnl
 from guestfail.notify import notify
-from guestfail.pairstate import Facts, decide
+from guestfail.pairstate import decide
 from guestfail.reconcile import Integration, Outcome, Reconciler
 from guestfail.state import STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
+from guestfail.switcher import State, Switcher, facts, now_ns
 from guestfail.sysfs import Sysfs
 from guestfail.udev import Udev, UdevInfo
 
@@ -48,10 +47,6 @@ log = logging.getLogger(__name__)
 #: a reconciliation that left work undone is retried after these delays (s)
 RETRY_FIRST = 0.5
 RETRY_MAX = 60.0
-
-
-def now_ns() -> int:
-    return time.monotonic_ns()
 
 
 class Daemon:
@@ -80,9 +75,7 @@ class Daemon:
         self._dirty = asyncio.Event()
         self._dirty_why: list[str] = []
         self._stop = asyncio.Event()
-        self._switching: set[str] = set()
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._retry_timers: dict[str, asyncio.TimerHandle] = {}
+        self._refusals: set[tuple[tuple[str, ...], str]] = set()  # announced on D-Bus already
         self._drain_timers: dict[str, asyncio.TimerHandle] = {}  # pair key -> undo a stuck drain
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
@@ -92,13 +85,22 @@ class Daemon:
         self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._reconciled = asyncio.Event()
-        # one thread per kind of work, each with its own netlink socket
-        self._fast = ThreadPoolExecutor(1, thread_name_prefix="gf-switch")
+        self._worker: Optional[asyncio.Future[None]] = None
+        # one thread per kind of work, each with its own netlink socket: a
+        # long reconciliation never delays a switch
         self._slow = ThreadPoolExecutor(1, thread_name_prefix="gf-reconcile")
         self._fast_nl = rtnl()
         self._slow_nl = rtnl()
         self._fast_backend = self._make_backend(self._fast_nl)
         self._slow_backend = self._make_backend(self._slow_nl)
+        self.switcher = Switcher(
+            self._fast_nl,
+            self._fast_backend,
+            on_switch=self._on_switch,
+            reconcile=self.request_reconcile,
+            announce_enabled=lambda: self.cfg.announce,
+            retry_delay=lambda: max(self.cfg.bond.miimon, 50) / 1000 * 1.5,
+        )
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
@@ -141,46 +143,58 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        # Subscribe before the first dump, so nothing falls between them.
-        self._monitor = LinkMonitor()
-        loop.add_reader(self._monitor.fileno(), self._on_netlink)
-        if self.use_udev:
-            self._udev = Udev()
-            loop.add_reader(self._udev.start_monitor(), self._on_udev)
-        if self.use_dbus:
-            await self._start_dbus()
-        if self._nm_wanted():
-            await self._watch_networkmanager()
-        worker = asyncio.ensure_future(self._reconcile_loop())
-        self.request_reconcile("start")
-        await self._wait_reconciled()
+        await self.start()
         notify(f"READY=1\nSTATUS={self._status_line()}")
         log.info("guestfail %s ready: %s", __version__, self._status_line())
         await self._stop.wait()
         notify("STOPPING=1")
         log.info("stopping; masters stay, the kernel keeps failing over without the daemon")
-        worker.cancel()
-        for t in self._retry_timers.values():
-            t.cancel()
+        await self.shutdown()
+        return 0
+
+    async def start(self, *, events: bool = True) -> None:
+        """Follow the kernel's and udev's events (unless `events` is False:
+        the unit tests feed them), offer the D-Bus API, and return once the
+        first reconciliation is done."""
+        loop = asyncio.get_running_loop()
+        if events:
+            # subscribe before the first dump, so nothing falls between them
+            self._monitor = LinkMonitor()
+            loop.add_reader(self._monitor.fileno(), self._on_netlink)
+            if self.use_udev:
+                self._udev = Udev()
+                loop.add_reader(self._udev.start_monitor(), self._on_udev)
+        if self.use_dbus:
+            await self._start_dbus()
+        if self._nm_wanted():
+            await self._watch_networkmanager()
+        self._worker = asyncio.ensure_future(self._reconcile_loop())
+        self.request_reconcile("start")
+        await self._reconciled.wait()
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._worker is not None:
+            self._worker.cancel()
         if self._retry_reconcile is not None:
             self._retry_reconcile.cancel()
         for t in self._drain_timers.values():
             t.cancel()
-        loop.remove_reader(self._monitor.fileno())
-        self._monitor.close()
+        if self._monitor is not None:
+            loop.remove_reader(self._monitor.fileno())
+            self._monitor.close()
         if self._udev is not None and self._udev.monitor is not None:
             loop.remove_reader(self._udev.monitor.fileno())
         if self.dbus is not None:
             await self.dbus.stop()
         if self._watcher is not None:
             self._watcher.stop()
-        self._fast.shutdown(wait=True)
+        self.switcher.close()
         self._slow.shutdown(wait=True)
         self._fast_nl.close()
         self._slow_nl.close()
         for backend in (self._fast_backend, self._slow_backend):
             backend.close()
-        return 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -205,9 +219,6 @@ class Daemon:
             self.networkmanager.cfg = new
         log.info("configuration reloaded from %s", new.source)
         self.request_reconcile("configuration reloaded")
-
-    async def _wait_reconciled(self) -> None:
-        await self._reconciled.wait()
 
     async def _start_dbus(self) -> None:
         try:
@@ -262,7 +273,7 @@ class Daemon:
         batch = self._monitor.read(now_ns)
         # what was read before an overrun is still true: switch on it first
         for ev in batch.events:
-            self._link_event(ev)
+            self.on_link_event(ev)
         if batch.lost:
             self.resyncs += 1
             self.request_reconcile(batch.lost)
@@ -284,221 +295,19 @@ class Daemon:
             self.resyncs += 1
             self.request_reconcile(lost)
 
-    def _link_event(self, ev: LinkEvent) -> None:
+    def on_link_event(self, ev: LinkEvent) -> None:
         link = ev.link
         rec = self.by_member.get(link.ifindex)
         if rec is None:
             if ev.deleted:
                 self.request_reconcile(f"{link.name} deleted")
             return
-        if ev.deleted:
-            if link.ifindex == rec.primary:
-                rec.primary_carrier = False
-                rec.primary_enslaved = False
-                self._evaluate(rec, ev.t_ns, f"{link.name} removed")
-            self.request_reconcile(f"{link.name} deleted")
-            return
-        if link.ifindex == rec.master:
-            rec.master_name = link.name
-            if link.bond is not None and link.bond.active_slave != rec.active:
-                self._kernel_active(rec, link.bond.active_slave, ev.t_ns)
-            return
-        if rec.master is not None and link.master != rec.master:
-            # someone took the member out of the master (a network manager
-            # taking the master over): put it back
-            self.request_reconcile(f"{link.name} left {rec.master_name}")
-        carrier = link.lower_up and link.up
-        if link.ifindex == rec.primary:
-            joined = link.master == rec.master and not rec.primary_enslaved
-            changed = carrier != rec.primary_carrier
-            rec.primary_carrier = carrier
-            rec.primary_enslaved = link.master == rec.master
-            rec.primary_name = link.name
-        else:
-            joined = False
-            changed = carrier != rec.standby_carrier
-            rec.standby_carrier = carrier
-            rec.standby_name = link.name
-        if joined:
-            why = f"{link.name} joined"
-        elif changed:
-            why = f"{link.name} {'got' if carrier else 'lost'} carrier"
-        else:
-            why = f"{link.name} changed"
-        self._evaluate(rec, ev.t_ns, why)
+        if not self.switcher.link_event(rec, ev):
+            self.request_reconcile(f"{link.name} {'deleted' if ev.deleted else 'left ' + rec.master_name}")
 
-    # ------------------------------------------------------------ switching
-
-    def _facts(self, rec: PairRecord) -> Facts:
-        return Facts(
-            standby=rec.standby or 0,
-            standby_carrier=rec.standby_carrier,
-            primary=rec.primary,
-            primary_enslaved=rec.primary_enslaved,
-            primary_carrier=rec.primary_carrier,
-            drained=rec.drained,
-            active=rec.active,
-            error=rec.error,
-        )
-
-    def _evaluate(self, rec: PairRecord, t_ns: int, why: str) -> None:
-        d = decide(self._facts(rec))
-        rec.decision = d
-        if not d.switch:
-            if rec.key not in self._switching:  # a switch in flight keeps its event time
-                rec.pending_since_ns = None
-                rec.pending_why = ""
-            return
-        if rec.master is None:
-            return  # a setup error alone does not stop switching a bond that is there
-        if rec.pending_since_ns is None:
-            rec.pending_since_ns = t_ns
-            rec.pending_why = why
-        if rec.key not in self._switching:
-            self._switching.add(rec.key)
-            task = asyncio.ensure_future(self._switch(rec))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _kernel_active(self, rec: PairRecord, active: Optional[int], t_ns: int) -> None:
-        """The bond reported its active member (netlink).  While guestfail's
-        own request is in flight the switch task records the outcome."""
-        old = rec.active
-        rec.active = active
-        if active is not None and active not in rec.names():
-            # a primary the reconciliation is enslaving right now: recorded
-            # once it is known, as "joined"
-            rec.joining = (old, t_ns)
-            return
-        if rec.in_call or old == active:
-            return
-        latency = (t_ns - rec.pending_since_ns) / 1e6 if rec.pending_since_ns is not None else None
-        why = rec.pending_why or "the bond reselected"
-        if rec.master is not None:
-            asyncio.get_running_loop().run_in_executor(self._fast, self._announce_sync, rec.master)
-        self._record(rec, old, active, why, latency, "kernel")
-        rec.pending_since_ns = None
-        rec.pending_why = ""
-        self._evaluate(rec, t_ns, "kernel switched")
-
-    def _record(
-        self,
-        rec: PairRecord,
-        frm: Optional[int],
-        to: Optional[int],
-        why: str,
-        latency: Optional[float],
-        by: str,
-    ) -> None:
-        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by)
-        rec.history.append(sw)
-        rec.switches += 1
-        rec.decision = decide(self._facts(rec))
-        lat = f" in {latency:.2f} ms" if latency is not None else ""
-        log.info(
-            "%s: active %s -> %s (%s, by %s%s)",
-            rec.master_name,
-            sw.frm or "-",
-            sw.to or "-",
-            why,
-            by,
-            lat,
-        )
+    def _on_switch(self, rec: PairRecord, sw: Switch) -> None:
         self._emit("ActiveChanged", {"pair": rec.master_name, **sw.to_json()})
         self._write_state()
-
-    async def _switch(self, rec: PairRecord) -> None:
-        """Set the member the facts call for, and record who made the switch:
-        guestfail when its request did it, the kernel when the bond got there
-        first (its miimon, or releasing a removed slave)."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                d = decide(self._facts(rec))
-                rec.decision = d
-                if not d.switch or rec.master is None:
-                    return
-                target, master, frm = d.want_active, rec.master, rec.active
-                names = rec.names()
-                failure: Optional[NetlinkFailure] = None
-                rec.in_call = True
-                try:
-                    rec.active = await loop.run_in_executor(
-                        self._fast,
-                        self._set_active_sync,
-                        master,
-                        names.get(master, ""),
-                        target,
-                        names.get(target, ""),
-                    )
-                except NetlinkFailure as e:
-                    failure = e  # the kernel's events kept rec.active current meanwhile
-                finally:
-                    rec.in_call = False
-                t1 = now_ns()
-                if rec.active == target:
-                    if frm != target:
-                        t0 = rec.pending_since_ns or t1
-                        by = "guestfail" if failure is None else "kernel"
-                        self._record(rec, frm, target, rec.pending_why or d.why, (t1 - t0) / 1e6, by)
-                    rec.pending_since_ns = None
-                    rec.pending_why = ""
-                elif failure is not None:
-                    if failure.code in (errno.EINVAL, errno.ENODEV, errno.ENOENT):
-                        # e.g. the bond has not seen the primary's link yet
-                        # (miimon): its own reselection follows, else a retry
-                        # one miimon later.
-                        log.debug("%s", failure)
-                        self._retry_later(rec)
-                    else:
-                        log.error("%s", failure)
-                        self.request_reconcile(f"switch failed: {failure}")
-                    return
-        finally:
-            self._switching.discard(rec.key)
-
-    def _set_active_sync(self, master: int, master_name: str, slave: int, slave_name: str) -> Optional[int]:
-        retrying(
-            lambda: self._fast_backend.set_active(master, master_name, slave, slave_name),
-            attempts=3,
-        )
-        # one read of the master confirms the switch and gives the MAC the
-        # announcements carry (with fail_over_mac=active it just changed)
-        link = self._fast_nl.get_link(master)
-        active: Optional[int] = self._fast_backend.active(link) if link is not None else None
-        if link is not None and active == slave:
-            self._announce_sync(master, link)
-        return active
-
-    def _announce_sync(self, master: int, link: Optional[Link] = None) -> None:
-        """Right after a switch: gratuitous ARP and unsolicited NA for the
-        master's addresses, out of its new active member."""
-        if not self.cfg.announce:
-            return
-        try:
-            # read now, after the switch: an address that came after pairing
-            # (a DHCP lease) is announced too
-            addresses = self._fast_nl.addresses(master)
-            if not addresses:
-                return
-            if link is None:
-                link = self._fast_nl.get_link(master)
-            if link is not None:
-                announce.send(master, link.mac, addresses)
-        except (OSError, GuestfailError) as e:
-            log.warning("announcement on %d not sent: %s", master, e)
-
-    def _retry_later(self, rec: PairRecord) -> None:
-        if rec.key in self._retry_timers:
-            return
-        delay = max(self.cfg.bond.miimon, 50) / 1000 * 1.5
-
-        def fire() -> None:
-            self._retry_timers.pop(rec.key, None)
-            if rec.pending_since_ns is not None:
-                self._evaluate(rec, rec.pending_since_ns, rec.pending_why)
-
-        self._retry_timers[rec.key] = asyncio.get_running_loop().call_later(delay, fire)
 
     # ------------------------------------------------------------ reconciliation
 
@@ -583,33 +392,26 @@ class Daemon:
             rec.primary_name = prim.name if prim else ""
             rec.primary_carrier = bool(prim and prim.lower_up and prim.up)
             rec.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
-            if not rec.in_call:
+            if self.switcher.flight(rec).state == State.STEADY:
                 rec.active = out.active.get(p.key)
             if new_primary and prim is not None:
-                added = self._added.pop(prim.ifindex, None)
-                if rec.joining is not None and rec.active == prim.ifindex:
-                    # the bond made the new primary active while it was enslaved
-                    old, t = rec.joining
-                    latency = (t - added) / 1e6 if added is not None else None
-                    self._record(rec, old, prim.ifindex, f"{prim.name} joined", latency, "kernel")
-                elif added is not None:
-                    rec.pending_since_ns, rec.pending_why = added, f"{prim.name} joined"
-            rec.joining = None
+                self.switcher.primary_appeared(
+                    rec, prim.ifindex, prim.name, self._added.pop(prim.ifindex, None)
+                )
         for key in old_keys - seen:
             rec = self.pairs.pop(key)
+            self.switcher.forget(key)
             self._emit("PairRemoved", {"pair": rec.master_name, "key": key})
         for key in seen - old_keys:
             rec = self.pairs[key]
             if rec.master is not None:
                 self._emit("PairCreated", {"pair": rec.master_name, "key": key, "rule": rec.rule})
-        for r in result.refusals:
-            self._emit(
-                "Refused",
-                {
-                    "links": [snap.links[i].name for i in r.links if i in snap.links],
-                    "reason": r.reason,
-                },
-            )
+        refusals = {
+            (tuple(snap.links[i].name for i in r.links if i in snap.links), r.reason) for r in result.refusals
+        }
+        for links, reason in sorted(refusals - self._refusals):
+            self._emit("Refused", {"links": list(links), "reason": reason})
+        self._refusals = refusals
         self.by_member = {}
         for rec in self.pairs.values():
             for idx in (rec.master, rec.standby, rec.primary):
@@ -618,7 +420,7 @@ class Daemon:
         self._watch_teamd(out.pids)
         self.sections = match_sections(result, snap)
         for rec in self.pairs.values():
-            self._evaluate(rec, now_ns(), "reconciled")
+            self.switcher.evaluate(rec, now_ns(), "reconciled")
         self._write_state()
 
     def _watch_teamd(self, pids: dict[str, int]) -> None:
@@ -642,7 +444,7 @@ class Daemon:
             if rec.master_name == dev:
                 rec.error = f"teamd for {dev} exited"
                 log.error("%s: teamd exited; starting it again", dev)
-                rec.decision = decide(self._facts(rec))
+                rec.decision = decide(facts(rec))
         self._write_state()
         self.request_reconcile(f"teamd for {dev} exited")
 
@@ -686,50 +488,7 @@ class Daemon:
             raise SystemRefused(
                 f"{rec.master_name}: the standby has no carrier; unplugging would cut the link"
             )
-        if rec.in_call:
-            raise SystemRefused(f"{rec.master_name}: a switch is in flight; try again")
-        rec.drained = True
-        t0 = now_ns()
-        loop = asyncio.get_running_loop()
-        names = rec.names()
-        master, sby = rec.master, rec.standby
-        rec.pending_since_ns, rec.pending_why = t0, "prepare-unplug"
-        frm = rec.active
-
-        def drain() -> Optional[int]:
-            self._fast_backend.set_primary(master, names.get(master, ""), None, "")
-            return self._set_active_sync(master, names.get(master, ""), sby, names.get(sby, ""))
-
-        rec.in_call = True
-        fut = loop.run_in_executor(self._fast, drain)
-        done, _ = await asyncio.wait({fut}, timeout=timeout)
-        if not done:
-            # the request is still with the kernel: the pair stays "in call"
-            # until it returns, then the drain is undone
-            def late(_f: asyncio.Future[Optional[int]]) -> None:
-                rec.in_call = False
-                self._undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
-
-            fut.add_done_callback(late)
-            raise SystemRefused(
-                f"{rec.master_name}: the kernel did not confirm the switch to "
-                f"{rec.name_of(sby)} within {timeout:g} s; the drain is undone"
-            )
-        rec.in_call = False
-        try:
-            confirmed = fut.result()
-        except GuestfailError as e:
-            self._undrain(rec, f"prepare-unplug failed: {e}")
-            raise
-        rec.active = confirmed
-        if confirmed != sby:
-            self._undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
-            raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
-        if frm != sby:
-            self._record(rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail")
-        rec.pending_since_ns = None
-        rec.pending_why = ""
-        rec.decision = decide(self._facts(rec))
+        await self.switcher.drain(rec, timeout, self._undrain)
         self._arm_drain_timeout(rec)
         self._write_state()
         return self.pair_json(rec)
@@ -744,8 +503,7 @@ class Daemon:
             return
         log.warning("%s: %s; the drain is undone", rec.master_name, why)
         rec.drained = False
-        rec.pending_since_ns, rec.pending_why = now_ns(), f"drain undone: {why}"
-        rec.decision = decide(self._facts(rec))
+        rec.decision = decide(facts(rec))
         self._write_state()
         self.request_reconcile(f"{rec.master_name}: drain undone")
 

@@ -33,7 +33,7 @@ import shutil
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from guestfail.model import (
     IFF_LOWER_UP,
@@ -85,6 +85,10 @@ class FakeKernel:
         self._next = 1
         self._crash_in: Optional[int] = None
         self.fail: dict[str, int] = {}  # request verb -> errno, once
+        # slaves whose link the bond's miimon has not seen come back yet
+        self.mii_lag: set[int] = set()
+        # request verb -> called (in the requesting thread) before it takes effect
+        self.before: dict[str, Callable[[], None]] = {}
 
     # ------------------------------------------------------------ test setup
 
@@ -168,7 +172,13 @@ class FakeKernel:
         return sorted((x for x in self.links.values() if x.master == master), key=lambda x: x.ifindex)
 
     def _usable(self, x: FakeLink) -> bool:
-        return x.up and x.carrier
+        return x.up and x.carrier and x.ifindex not in self.mii_lag
+
+    def mii_sees(self, ifindex: int) -> None:
+        """The bond's miimon notices the slave's link (and reselects)."""
+        self.mii_lag.discard(ifindex)
+        for m in self._masters():
+            self._reselect(m)
 
     def _reselect(self, master: int) -> None:
         b = self.links[master].bond
@@ -426,6 +436,10 @@ class FakeKernel:
         return idx
 
     def set_bond(self, ifindex: int, what: str, **bond_attrs: Any) -> None:
+        hook = self.before.get("set_bond")
+        if hook is not None:
+            hook()
+        self._maybe_fail("set_bond", what)
         x = self._get(ifindex, what)
         assert x.bond is not None
         for key, value in bond_attrs.items():

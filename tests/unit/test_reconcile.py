@@ -4,8 +4,6 @@ run, after a crash at any step and a restart, after a config change."""
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +12,6 @@ import pytest
 
 from guestfail.apply import BondBackend
 from guestfail.config import Config, parse
-from guestfail.daemon import Daemon
 from guestfail.errors import NotFound
 from guestfail.journal import Journal
 from guestfail.model import Address, NextHop, Route
@@ -337,33 +334,3 @@ def test_release_of_a_name_that_is_no_master_changes_nothing(tmp_path: Path) -> 
     with pytest.raises(NotFound, match="no master guestfail built is called 'ens11nsby'"):
         release(w.cfg, w.k, Sysfs(tmp_path / "sys"), ["ens11", "ens11nsby"])
     assert w.k.requests == before
-
-
-def test_a_reconciliation_that_fails_is_retried_until_it_succeeds(tmp_path: Path) -> None:
-    """Issue 16 #8: a failed reconciliation waited for some other event; now
-    it is tried again with backoff, and status shows the cause meanwhile."""
-    w = World(tmp_path)
-    w.configured_standby()
-    w.vf()
-    w.k.fail["enslave"] = errno.EPERM  # once: the kernel refuses the first enslave
-
-    async def go() -> None:
-        d = Daemon(w.cfg, sysfs=Sysfs(tmp_path / "sys"), use_udev=False, use_dbus=False, rtnl=lambda: w.k)
-        worker = asyncio.ensure_future(d._reconcile_loop())
-        try:
-            d.request_reconcile("start")
-            await d._reconciled.wait()
-            (rec,) = d.pairs.values()
-            assert "Operation not permitted" in rec.error and d.retry_in == 0.5
-            doc = d.status()
-            assert doc["daemon"]["retry_in_s"] == 0.5 and doc["pairs"][0]["error"] == rec.error
-            d._reconciled.clear()
-            await asyncio.wait_for(d._reconciled.wait(), 10)  # the retry, by itself
-            assert rec.error == "" and d.retry_in is None
-        finally:
-            worker.cancel()
-            d._fast.shutdown()
-            d._slow.shutdown()
-
-    asyncio.run(go())
-    assert_paired(w)
