@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from guestfail.errors import ConfigError
+from guestfail.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
