@@ -23,13 +23,12 @@ import logging
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
-from guestfail.agent.reconciler import Reconciler
-from guestfail.agent.switcher import State, Switcher, facts, now_ns
+from guestfail.agent.reconciler import Reconciler, Scheduler
+from guestfail.agent.switcher import State, Switcher, now_ns
 from guestfail.backends.bond import BondBackend
 from guestfail.backends.team import TeamdSupervision
 from guestfail.core import config as config_mod
@@ -38,19 +37,37 @@ from guestfail.core.decision import decide
 from guestfail.core.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.core.interfaces import Backend, Integration, Outcome
 from guestfail.core.records import STATE_FILE, PairRecord, Switch, document, match_sections
-from guestfail.integrations.networkmanager import NetworkManagerIntegration
-from guestfail.system import processes
+from guestfail.integrations.networkmanager import NetworkManagerIntegration, dbus_library
 from guestfail.system.files import write_atomic
 from guestfail.system.netlink import LinkEvent, LinkMonitor, Netlink, Rtnl
 from guestfail.system.notify import notify
+from guestfail.system.processes import PidWatch
 from guestfail.system.sysfs import Sysfs
 from guestfail.system.udev import Udev, UdevInfo
 
 log = logging.getLogger(__name__)
 
-#: a reconciliation that left work undone is retried after these delays (s)
-RETRY_FIRST = 0.5
-RETRY_MAX = 60.0
+
+def make_backend(cfg: Config, nl: Rtnl, sysfs: Sysfs, state_dir: Path) -> Backend:
+    if cfg.backend == "team":
+        if not dbus_library():
+            raise SystemRefused(
+                "agent.backend = team drives teamd over D-Bus, and no D-Bus library "
+                "(python3-dbus-fast) is installed"
+            )
+        from guestfail.backends.team import TeamBackend
+
+        return TeamBackend(cfg, nl, state_dir)
+    return BondBackend(cfg, nl, sysfs)
+
+
+def networkmanager_wanted(cfg: Config) -> bool:
+    # a team profile in NetworkManager would start a teamd of its own
+    return cfg.networkmanager == "auto" and cfg.backend == "bond"
+
+
+def status_line(doc: dict[str, Any]) -> str:
+    return f"{len(doc['pairs'])} pairs, {doc['health']}"
 
 
 class Daemon:
@@ -74,33 +91,24 @@ class Daemon:
         self.by_member: dict[int, PairRecord] = {}
         self.sections: dict[str, Any] = {}
         self.started = time.time()
-        self.reconciles = 0
         self.resyncs = 0
-        self._dirty = asyncio.Event()
-        self._dirty_why: list[str] = []
         self._stop = asyncio.Event()
         self._refusals: set[tuple[tuple[str, ...], str]] = set()  # announced on D-Bus already
-        self._drain_timers: dict[str, asyncio.TimerHandle] = {}  # pair key -> undo a stuck drain
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
-        self._watched: dict[str, tuple[int, int]] = {}  # team master -> (teamd pid, pidfd)
-        self._failures = 0  # reconciliations in a row that left an error (backoff)
-        self._retry_reconcile: Optional[asyncio.TimerHandle] = None
-        self.retry_in: Optional[float] = None  # seconds until the next retry, when one is set
+        self._teamd: Optional[PidWatch] = None  # each team master's teamd
         self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        self._reconciled = asyncio.Event()
-        self._worker: Optional[asyncio.Future[None]] = None
         # one thread per kind of work, each with its own netlink socket: a
         # long reconciliation never delays a switch
-        self._slow = ThreadPoolExecutor(1, thread_name_prefix="gf-reconcile")
         self._fast_nl = rtnl()
         self._slow_nl = rtnl()
-        self._fast_backend = self._make_backend(self._fast_nl)
-        self._slow_backend = self._make_backend(self._slow_nl)
+        self._fast_backend = make_backend(cfg, self._fast_nl, self.sysfs, self.state_dir)
+        self._slow_backend = make_backend(cfg, self._slow_nl, self.sysfs, self.state_dir)
         self.switcher = Switcher(
             self._fast_nl,
             self._fast_backend,
             on_switch=self._on_switch,
+            on_undrain=self._undrained,
             reconcile=self.request_reconcile,
             announce_enabled=lambda: self.cfg.announce,
             retry_delay=lambda: max(self.cfg.bond.miimon, 50) / 1000 * 1.5,
@@ -110,37 +118,37 @@ class Daemon:
         self.dbus: Any = None
         self.networkmanager: Optional[NetworkManagerIntegration] = None
         integrations: list[Integration] = []
-        if self._nm_wanted():
-            self.networkmanager = NetworkManagerIntegration(cfg)
-            integrations.append(self.networkmanager)
+        if networkmanager_wanted(cfg):
+            why_not = NetworkManagerIntegration.unavailable()
+            if why_not is None:
+                self.networkmanager = NetworkManagerIntegration(cfg)
+                integrations.append(self.networkmanager)
+            else:
+                log.warning("%s", why_not)
         if cfg.backend == "team":
             from guestfail.backends.team import TeamBackend
 
             assert isinstance(self._slow_backend, TeamBackend)
             integrations.append(TeamdSupervision(self._slow_backend))
+
+        def udev_info(name: str) -> UdevInfo:
+            return self._udev.info(name) if self._udev is not None else UdevInfo(True, ())
+
         self.reconciler = Reconciler(
             cfg,
             self._slow_nl,
             self.sysfs,
             self._slow_backend,
             self.state_dir,
-            udev=self._udev_info if use_udev else None,
+            udev=udev_info if use_udev else None,
             integrations=tuple(integrations),
         )
-
-    def _make_backend(self, nl: Rtnl) -> Backend:
-        if self.cfg.backend == "team":
-            from guestfail.backends.team import TeamBackend
-
-            return TeamBackend(self.cfg, nl, self.state_dir)
-        return BondBackend(self.cfg, nl, self.sysfs)
-
-    def _udev_info(self, name: str) -> UdevInfo:
-        if self._udev is None:
-            return UdevInfo(True, ())
-        return self._udev.info(name)
-
-    # ------------------------------------------------------------ lifecycle
+        self.reconciling = Scheduler(
+            self.reconciler,
+            apply=self._apply_outcome,
+            drained=lambda: {k for k, r in self.pairs.items() if r.drained},
+            retrying=self._write_state,
+        )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -148,8 +156,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
-        notify(f"READY=1\nSTATUS={self._status_line()}")
-        log.info("guestfail %s ready: %s", __version__, self._status_line())
+        notify(f"READY=1\nSTATUS={status_line(self.status())}")
+        log.info("guestfail %s ready: %s", __version__, status_line(self.status()))
         await self._stop.wait()
         notify("STOPPING=1")
         log.info("stopping; masters stay, the kernel keeps failing over without the daemon")
@@ -170,20 +178,14 @@ class Daemon:
                 loop.add_reader(self._udev.start_monitor(), self._on_udev)
         if self.use_dbus:
             await self._start_dbus()
-        if self._nm_wanted():
-            await self._watch_networkmanager()
-        self._worker = asyncio.ensure_future(self._reconcile_loop())
+        await self._watch_networkmanager()
+        self.reconciling.start()
         self.request_reconcile("start")
-        await self._reconciled.wait()
+        await self.reconciling.wait(0)  # the first run
 
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._worker is not None:
-            self._worker.cancel()
-        if self._retry_reconcile is not None:
-            self._retry_reconcile.cancel()
-        for t in self._drain_timers.values():
-            t.cancel()
+        self.reconciling.close()
         if self._monitor is not None:
             loop.remove_reader(self._monitor.fileno())
             self._monitor.close()
@@ -193,15 +195,13 @@ class Daemon:
             await self.dbus.stop()
         if self._watcher is not None:
             self._watcher.stop()
+        if self._teamd is not None:
+            self._teamd.close()
         self.switcher.close()
-        self._slow.shutdown(wait=True)
         self._fast_nl.close()
         self._slow_nl.close()
         for backend in (self._fast_backend, self._slow_backend):
             backend.close()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def reload(self) -> None:
         """SIGHUP (systemctl reload): read the configuration again.  A bad
@@ -225,6 +225,9 @@ class Daemon:
         self.request_reconcile("configuration reloaded")
 
     async def _start_dbus(self) -> None:
+        if not dbus_library():
+            log.warning("no D-Bus API: no D-Bus library (python3-dbus-fast) is installed")
+            return
         try:
             from guestfail.agent.server import DBusService
 
@@ -234,30 +237,11 @@ class Daemon:
             log.warning("no D-Bus API: %s", e)
             self.dbus = None
 
-    def _nm_wanted(self) -> bool:
-        # a team profile in NetworkManager would start a teamd of its own
-        return self.cfg.networkmanager == "auto" and self.cfg.backend == "bond"
-
     async def _watch_networkmanager(self) -> None:
-        nm = self.networkmanager
-        if nm is None:
-            return
-
-        def changed(name: str, owned: bool) -> None:
-            assert nm is not None
-            nm.notify_restart()
-            if owned:
-                self.request_reconcile("NetworkManager started")
-
-        try:
-            from guestfail.integrations import nmclient as nm_mod
-            from guestfail.system.dbus import NameWatcher
-
-            self._watcher = NameWatcher([nm_mod.NM], changed)
-            await self._watcher.start()
-        except Exception as e:  # no system bus: NetworkManager cannot run either
-            log.debug("not watching for NetworkManager: %s", e)
-            self._watcher = None
+        if self.networkmanager is not None:
+            self._watcher = await self.networkmanager.watch(
+                lambda: self.request_reconcile("NetworkManager started")
+            )
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """fn(signal_name, payload) for PairCreated, PairRemoved, ActiveChanged, Refused."""
@@ -316,56 +300,7 @@ class Daemon:
     # ------------------------------------------------------------ reconciliation
 
     def request_reconcile(self, why: str) -> None:
-        self._dirty_why.append(why)
-        self._dirty.set()
-
-    async def _reconcile_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def observed(out: Outcome) -> None:
-            # each pass's observation reaches the switch path at once: a pair
-            # is switched as soon as it exists
-            loop.call_soon_threadsafe(self._apply_outcome, out)
-
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            whys, self._dirty_why = self._dirty_why, []
-            log.debug("reconcile: %s", "; ".join(whys[:5]))
-            drained = {k for k, r in self.pairs.items() if r.drained}
-            try:
-                out = await loop.run_in_executor(self._slow, self.reconciler.run, drained, observed)
-            except Exception:
-                log.exception("reconciliation failed")
-                self._retry_after_failure("reconciliation failed")
-                self._reconciled.set()
-                continue
-            self.reconciles += 1
-            self._apply_outcome(out)
-            if out.errors or not out.verified:
-                what = "; ".join(f"{k}: {e}" for k, e in sorted(out.errors.items())) or "not verified"
-                self._retry_after_failure(what)
-            else:
-                self._failures = 0
-                self.retry_in = None
-            self._reconciled.set()
-
-    def _retry_after_failure(self, why: str) -> None:
-        """A reconciliation that left an error is tried again by itself, with
-        backoff (0.5 s doubling to 60 s), until one succeeds; status shows the
-        cause and when the next attempt is due meanwhile."""
-        self._failures += 1
-        delay = min(RETRY_FIRST * 2 ** (self._failures - 1), RETRY_MAX)
-        self.retry_in = delay
-        if self._retry_reconcile is not None:
-            self._retry_reconcile.cancel()
-        for t in self._drain_timers.values():
-            t.cancel()
-        log.warning("reconciliation left work undone (%s): retrying in %.1f s", why, delay)
-        self._retry_reconcile = asyncio.get_running_loop().call_later(
-            delay, self.request_reconcile, f"retry {self._failures} after: {why}"
-        )
-        self._write_state()
+        self.reconciling.request(why)
 
     def _apply_outcome(self, out: Outcome) -> None:
         snap, result = out.snap, out.result
@@ -377,25 +312,11 @@ class Daemon:
             if rec is None:
                 rec = self.pairs[p.key] = PairRecord(p.key, kind=self.cfg.backend)
             master = snap.get(out.masters.get(p.key))
-            sby = snap.links[p.standby]
             prim = snap.get(p.primary)
-            rec.label = p.label
-            rec.rule, rec.reason = p.rule, p.reason
-            rec.error = out.errors.get(p.key, "")
-            rec.master = master.ifindex if master else None
-            rec.master_name = master.name if master else ""
-            rec.standby, rec.standby_name = sby.ifindex, sby.name
-            rec.standby_carrier = sby.lower_up and sby.up
             if prim is None and rec.primary is not None and rec.drained:
-                rec.drained = False  # the drained primary is gone: drain complete
-                timer = self._drain_timers.pop(rec.key, None)
-                if timer is not None:
-                    timer.cancel()
-            new_primary = prim is not None and prim.ifindex != rec.primary
-            rec.primary = prim.ifindex if prim else None
-            rec.primary_name = prim.name if prim else ""
-            rec.primary_carrier = bool(prim and prim.lower_up and prim.up)
-            rec.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
+                self.switcher.drain_over(rec)  # the drained primary is gone: drain complete
+            new_primary = rec.observe(p, snap, master)
+            rec.error = out.errors.get(p.key, "")
             if self.switcher.flight(rec).state == State.STEADY:
                 rec.active = out.active.get(p.key)
             if new_primary and prim is not None:
@@ -421,34 +342,22 @@ class Daemon:
             for idx in (rec.master, rec.standby, rec.primary):
                 if idx is not None:
                     self.by_member[idx] = rec
-        self._watch_teamd(out.pids)
+        for dev, pid in out.pids.items():
+            if self._teamd is None:
+                self._teamd = PidWatch(asyncio.get_running_loop(), self._teamd_exited)
+            if not self._teamd.watch(dev, pid):
+                self.request_reconcile(f"teamd for {dev} is gone")
         self.sections = match_sections(result, snap)
         for rec in self.pairs.values():
             self.switcher.evaluate(rec, now_ns(), "reconciled")
         self._write_state()
 
-    def _watch_teamd(self, pids: dict[str, int]) -> None:
-        """teamd exiting is an event (its pidfd becomes readable)."""
-        loop = asyncio.get_running_loop()
-        for dev, pid in pids.items():
-            if self._watched.get(dev, (None, None))[0] == pid:
-                continue
-            fd = processes.pidfd(pid)
-            if fd is None:
-                self.request_reconcile(f"teamd for {dev} is gone")
-                continue
-            self._watched[dev] = (pid, fd)
-            loop.add_reader(fd, self._teamd_exited, dev, fd)
-
-    def _teamd_exited(self, dev: str, fd: int) -> None:
-        asyncio.get_running_loop().remove_reader(fd)
-        os.close(fd)
-        self._watched.pop(dev, None)
+    def _teamd_exited(self, dev: str) -> None:
         for rec in self.pairs.values():
             if rec.master_name == dev:
                 rec.error = f"teamd for {dev} exited"
                 log.error("%s: teamd exited; starting it again", dev)
-                rec.decision = decide(facts(rec))
+                rec.decision = decide(rec.facts())
         self._write_state()
         self.request_reconcile(f"teamd for {dev} exited")
 
@@ -462,9 +371,9 @@ class Daemon:
         raise NotFound(f"no pair {name!r}")
 
     async def rescan(self) -> None:
-        self._reconciled.clear()
+        n = self.reconciling.runs
         self.request_reconcile("rescan requested")
-        await self._reconciled.wait()
+        await self.reconciling.wait(n)
 
     async def set_member(self, pair: str, member: str) -> dict[str, Any]:
         """Pin the standby (drain the primary) or un-pin (back to the primary)."""
@@ -472,12 +381,9 @@ class Daemon:
         if member in ("standby", rec.standby_name):
             return await self.prepare_unplug(rec.master_name)
         if member in ("primary", rec.primary_name) and rec.primary is not None:
-            timer = self._drain_timers.pop(rec.key, None)
-            if timer is not None:
-                timer.cancel()
-            rec.drained = False
+            self.switcher.undrain(rec, "asked to switch to the primary", quiet=True)
             await self.rescan()  # puts the bond's primary back
-            return self.pair_json(rec)
+            return rec.to_json()
         raise NotFound(f"{pair} has no member {member!r}")
 
     async def prepare_unplug(self, primary: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -492,40 +398,15 @@ class Daemon:
             raise SystemRefused(
                 f"{rec.master_name}: the standby has no carrier; unplugging would cut the link"
             )
-        await self.switcher.drain(rec, timeout, self._undrain)
-        self._arm_drain_timeout(rec)
+        await self.switcher.drain(rec, timeout, self.cfg.drain_timeout)
         self._write_state()
-        return self.pair_json(rec)
+        return rec.to_json()
 
-    def _undrain(self, rec: PairRecord, why: str) -> None:
+    def _undrained(self, rec: PairRecord, why: str) -> None:
         """The pair goes back to its primary: the reconciliation makes it the
         bond's preferred member again, and the kernel reselects it."""
-        timer = self._drain_timers.pop(rec.key, None)
-        if timer is not None:
-            timer.cancel()
-        if not rec.drained:
-            return
-        log.warning("%s: %s; the drain is undone", rec.master_name, why)
-        rec.drained = False
-        rec.decision = decide(facts(rec))
         self._write_state()
         self.request_reconcile(f"{rec.master_name}: drain undone")
-
-    def _arm_drain_timeout(self, rec: PairRecord) -> None:
-        old = self._drain_timers.pop(rec.key, None)
-        if old is not None:
-            old.cancel()
-        if self.cfg.drain_timeout <= 0:
-            return
-        self._drain_timers[rec.key] = asyncio.get_running_loop().call_later(
-            self.cfg.drain_timeout,
-            self._undrain,
-            rec,
-            f"{rec.primary_name or 'the VF'} was not removed within {self.cfg.drain_timeout} s",
-        )
-
-    def pair_json(self, rec: PairRecord) -> dict[str, Any]:
-        return rec.to_json()
 
     # ------------------------------------------------------------ status
 
@@ -537,24 +418,20 @@ class Daemon:
             "backend": self.cfg.backend,
             "config": self.cfg.source,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "reconciles": self.reconciles,
+            "reconciles": self.reconciling.runs,
             "resyncs": self.resyncs,
-            "retry_in_s": self.retry_in,
+            "retry_in_s": self.reconciling.retry_in,
         }
 
     def status(self) -> dict[str, Any]:
         return document(list(self.pairs.values()), self.sections, self.daemon_info(), "daemon")
-
-    def _status_line(self) -> str:
-        doc = self.status()
-        return f"{len(doc['pairs'])} pairs, {doc['health']}"
 
     def _write_state(self) -> None:
         try:
             write_atomic(self.state_dir / STATE_FILE, self.status())
         except OSError as e:
             log.warning("cannot write %s: %s", self.state_dir / STATE_FILE, e)
-        notify(f"STATUS={self._status_line()}")
+        notify(f"STATUS={status_line(self.status())}")
 
 
 def run(cfg: Config, **kw: Any) -> int:

@@ -18,13 +18,13 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
-from guestfail.core.plan import (
+from guestfail.core.plan import Plan
+from guestfail.core.steps import (
     AddAddresses,
     CreateMaster,
     DeleteMaster,
     Enslave,
     MoveAddresses,
-    Plan,
     Ref,
     Release,
     Rename,

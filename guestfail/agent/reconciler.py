@@ -24,7 +24,9 @@ names one.  Runs on one worker thread with its own netlink socket.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -38,19 +40,9 @@ from guestfail.core.interfaces import Backend, Integration, Outcome
 from guestfail.core.journal import Entry, movable, now
 from guestfail.core.match import MatchResult, Pairing, claims, match, standby_key
 from guestfail.core.model import Snapshot
-from guestfail.core.plan import (
-    Enslave,
-    PairSpec,
-    Plan,
-    PlanRefused,
-    Rename,
-    master_of,
-    plan_finish_release,
-    plan_leaked,
-    plan_pair,
-    release_entry,
-    spec_for,
-)
+from guestfail.core.plan import PairSpec, Plan, PlanRefused, master_of, plan_pair, spec_for
+from guestfail.core.steps import Enslave, Rename
+from guestfail.core.undo import plan_finish_release, plan_leaked, release_entry
 from guestfail.system.files import Journal
 from guestfail.system.netlink import Rtnl
 from guestfail.system.observe import UdevReader, assemble
@@ -305,3 +297,100 @@ class Reconciler:
         except GuestfailError as e:
             log.warning("%s (%s): %s", integration.name, hook, e)
             return None
+
+
+#: a reconciliation that left work undone is tried again after these delays (s)
+RETRY_FIRST = 0.5
+RETRY_MAX = 60.0
+
+
+class Scheduler:
+    """When the reconciler runs: at start, on every request (coalesced: a
+    burst of requests gives one run), and, after a run that left work undone,
+    again by itself with backoff (0.5 s doubling to 60 s) until one succeeds;
+    `retry_in` says when, for `status`.  Runs happen on one thread of their
+    own; each pass's observation and the final outcome go to `apply` on the
+    event loop's thread."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        apply: Callable[[Outcome], None],
+        drained: Callable[[], set[str]],
+        retrying: Callable[[], None],
+    ) -> None:
+        self.reconciler = reconciler
+        self.apply = apply
+        self.drained = drained
+        self.retrying = retrying
+        self.runs = 0
+        self.failures = 0  # runs in a row that left work undone
+        self.retry_in: Optional[float] = None
+        self._wanted = asyncio.Event()
+        self._whys: list[str] = []
+        self._done = asyncio.Event()
+        self._retry: Optional[asyncio.TimerHandle] = None
+        self._task: Optional[asyncio.Future[None]] = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gf-reconcile")
+
+    def request(self, why: str) -> None:
+        self._whys.append(why)
+        self._wanted.set()
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def wait(self, after: int) -> None:
+        """Until a run beyond the `after`-th has finished (checked and cleared
+        without yielding: no finish falls between them)."""
+        while self.runs <= after:
+            self._done.clear()
+            await self._done.wait()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+        self._thread.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def observed(out: Outcome) -> None:
+            # each pass's observation reaches the switch path at once: a pair
+            # is switched as soon as it exists
+            loop.call_soon_threadsafe(self.apply, out)
+
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            whys, self._whys = self._whys, []
+            log.debug("reconcile: %s", "; ".join(whys[:5]))
+            try:
+                out = await loop.run_in_executor(self._thread, self.reconciler.run, self.drained(), observed)
+            except Exception:
+                log.exception("reconciliation failed")
+                self._again("reconciliation failed")
+            else:
+                self.apply(out)
+                if out.errors or not out.verified:
+                    what = "; ".join(f"{k}: {e}" for k, e in sorted(out.errors.items())) or "not verified"
+                    self._again(what)
+                else:
+                    self.failures = 0
+                    self.retry_in = None
+            self.runs += 1
+            self._done.set()
+
+    def _again(self, why: str) -> None:
+        self.failures += 1
+        delay = min(RETRY_FIRST * 2 ** (self.failures - 1), RETRY_MAX)
+        self.retry_in = delay
+        if self._retry is not None:
+            self._retry.cancel()
+        log.warning("reconciliation left work undone (%s): retrying in %.1f s", why, delay)
+        self._retry = asyncio.get_running_loop().call_later(
+            delay, self.request, f"retry {self.failures} after: {why}"
+        )
+        self.retrying()

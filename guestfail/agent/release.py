@@ -21,7 +21,7 @@ from guestfail.core.interfaces import Backend
 from guestfail.core.journal import now
 from guestfail.core.match import is_ours
 from guestfail.core.model import Link, Snapshot
-from guestfail.core.plan import plan_finish_release, plan_release, release_entry
+from guestfail.core.undo import plan_finish_release, plan_release, release_entry
 from guestfail.system.files import Journal
 from guestfail.system.netlink import Rtnl
 from guestfail.system.observe import assemble

@@ -34,7 +34,7 @@ from enum import Enum
 from typing import Callable, Optional
 
 from guestfail.agent.executor import retrying
-from guestfail.core.decision import Decision, Facts, decide
+from guestfail.core.decision import Decision, decide
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
@@ -86,6 +86,9 @@ class Flight:
     # active is still being enslaved
     joining: Optional[tuple[Optional[int], int]] = None
     timer: Optional[asyncio.TimerHandle] = None
+    # undoes a drain whose VF was not removed (agent.drain_timeout); lives
+    # as long as the drain, not as a state
+    drain_timer: Optional[asyncio.TimerHandle] = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def go(self, new: State, why: str) -> None:
@@ -115,19 +118,6 @@ class Flight:
         self.since_ns, self.why = None, ""
 
 
-def facts(rec: PairRecord) -> Facts:
-    return Facts(
-        standby=rec.standby or 0,
-        standby_carrier=rec.standby_carrier,
-        primary=rec.primary,
-        primary_enslaved=rec.primary_enslaved,
-        primary_carrier=rec.primary_carrier,
-        drained=rec.drained,
-        active=rec.active,
-        error=rec.error,
-    )
-
-
 class Switcher:
     def __init__(
         self,
@@ -135,6 +125,7 @@ class Switcher:
         backend: Backend,
         *,
         on_switch: Callable[[PairRecord, Switch], None],
+        on_undrain: Callable[[PairRecord, str], None],
         reconcile: Callable[[str], None],
         announce_enabled: Callable[[], bool],
         retry_delay: Callable[[], float],
@@ -142,6 +133,7 @@ class Switcher:
         self.nl = nl
         self.backend = backend
         self.on_switch = on_switch
+        self.on_undrain = on_undrain
         self.reconcile = reconcile
         self.announce_enabled = announce_enabled
         self.retry_delay = retry_delay
@@ -157,13 +149,14 @@ class Switcher:
 
     def forget(self, key: str) -> None:
         f = self.flights.pop(key, None)
-        if f is not None and f.timer is not None:
-            f.timer.cancel()
+        if f is not None:
+            for t in (f.timer, f.drain_timer):
+                if t is not None:
+                    t.cancel()
 
     def close(self) -> None:
-        for f in self.flights.values():
-            if f.timer is not None:
-                f.timer.cancel()
+        for key in list(self.flights):
+            self.forget(key)
         self.thread.shutdown(wait=True)
 
     async def settle(self) -> None:
@@ -213,7 +206,7 @@ class Switcher:
 
     def evaluate(self, rec: PairRecord, t_ns: int, why: str) -> Decision:
         """Decide once; start a switch if the facts call for one."""
-        d = decide(facts(rec))
+        d = decide(rec.facts())
         rec.decision = d
         f = self.flight(rec)
         if f.state in (State.SWITCHING, State.DRAINING):
@@ -319,7 +312,7 @@ class Switcher:
                 f.go(State.STEADY, "switched")
                 return
             # another event came while the request was out: decide again
-            d = decide(facts(rec))
+            d = decide(rec.facts())
             rec.decision = d
             if not d.switch or rec.master is None:
                 f.go(State.STEADY, "nothing more to switch")
@@ -331,7 +324,7 @@ class Switcher:
         f.timer = None
         if f.state != State.RETRY:
             return
-        d = decide(facts(rec))
+        d = decide(rec.facts())
         rec.decision = d
         if not d.switch or rec.master is None:
             f.go(State.STEADY, "nothing to switch any more")
@@ -360,7 +353,7 @@ class Switcher:
         sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by)
         rec.history.append(sw)
         rec.switches += 1
-        rec.decision = decide(facts(rec))
+        rec.decision = decide(rec.facts())
         lat = f" in {latency:.2f} ms" if latency is not None else ""
         log.info(
             "%s: active %s -> %s (%s, by %s%s)", rec.master_name, sw.frm or "-", sw.to or "-", why, by, lat
@@ -390,13 +383,12 @@ class Switcher:
 
     # ------------------------------------------------------------ drain
 
-    async def drain(
-        self, rec: PairRecord, timeout: float, undrain: Callable[[PairRecord, str], None]
-    ) -> None:
+    async def drain(self, rec: PairRecord, timeout: float, expires: float = 0) -> None:
         """prepare-unplug: the standby carries the traffic and the primary is
         no longer the bond's preferred member; returns once the kernel
-        confirms it.  A failure or a timeout is undone (undrain): after a
-        timeout, once the request is back from the kernel."""
+        confirms it.  A failure or a timeout is undone (after a timeout,
+        once the request is back from the kernel); a drain whose VF is still
+        there `expires` seconds later is undone too (0: never)."""
         f = self.flight(rec)
         if f.state in (State.SWITCHING, State.DRAINING):
             raise SystemRefused(f"{rec.master_name}: a switch is in flight; try again")
@@ -420,7 +412,7 @@ class Switcher:
 
             def late(_f: asyncio.Future[Optional[int]]) -> None:
                 f.go(State.STEADY, "late answer to prepare-unplug")
-                undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
+                self.undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
 
             fut.add_done_callback(late)
             raise SystemRefused(
@@ -431,14 +423,37 @@ class Switcher:
         try:
             confirmed = fut.result()
         except GuestfailError as e:
-            undrain(rec, f"prepare-unplug failed: {e}")
+            self.undrain(rec, f"prepare-unplug failed: {e}")
             raise
         rec.active = confirmed
         if confirmed != sby:
-            undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
+            self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
             self._record(rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail")
             self._announce_later(rec)
         f.clear()
-        rec.decision = decide(facts(rec))
+        rec.decision = decide(rec.facts())
+        if expires > 0:
+            why = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
+            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, why)
+
+    def undrain(self, rec: PairRecord, why: str, quiet: bool = False) -> None:
+        """The pair goes back to its primary (the daemon hears of it, unless
+        `quiet`: then the caller takes care)."""
+        f = self.flight(rec)
+        if f.drain_timer is not None:
+            f.drain_timer.cancel()
+            f.drain_timer = None
+        if not rec.drained:
+            return
+        if not quiet:
+            log.warning("%s: %s; the drain is undone", rec.master_name, why)
+        rec.drained = False
+        rec.decision = decide(rec.facts())
+        if not quiet:
+            self.on_undrain(rec, why)
+
+    def drain_over(self, rec: PairRecord) -> None:
+        """The drained primary is gone: the drain did its job."""
+        self.undrain(rec, "the VF was removed", quiet=True)

@@ -8,7 +8,7 @@ from typing import Optional
 
 from guestfail.core.config import Config
 from guestfail.core.model import Link
-from guestfail.core.plan import CreateMaster
+from guestfail.core.steps import CreateMaster
 from guestfail.system.netlink import Rtnl
 from guestfail.system.sysfs import Sysfs
 

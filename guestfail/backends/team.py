@@ -29,7 +29,8 @@ from guestfail.core.config import Config
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Outcome
 from guestfail.core.model import Link, Snapshot, parse_marker
-from guestfail.core.plan import CreateMaster, PairSpec, master_of
+from guestfail.core.plan import PairSpec, master_of
+from guestfail.core.steps import CreateMaster
 from guestfail.system import processes
 from guestfail.system.dbus import BusClient, BusError
 from guestfail.system.netlink import Rtnl

@@ -17,7 +17,8 @@ from typing import Any, Optional, Protocol
 from guestfail.core.config import Config
 from guestfail.core.match import MatchResult
 from guestfail.core.model import Link, Snapshot
-from guestfail.core.plan import CreateMaster, PairSpec
+from guestfail.core.plan import PairSpec
+from guestfail.core.steps import CreateMaster
 
 
 class Backend(Protocol):

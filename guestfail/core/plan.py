@@ -1,4 +1,5 @@
-"""From a pairing and a snapshot to the steps that build or repair its master.
+"""From a pairing and a snapshot to the steps (guestfail.core.steps) that
+build or repair its master.
 
 Pure.  `spec_for()` decides what a pair should look like (names, MAC, MTU,
 bond options); `plan_pair()` lists the steps from what is there to that, and
@@ -6,23 +7,31 @@ nothing when it is already so.  The executor (`guestfail.apply`) runs the
 steps; the daemon then observes again and plans again, which must give no
 steps: that is the verification.
 
-Steps refer to links by ifindex, or by name for a master that does not exist
-yet; the executor resolves names when it runs the step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional
 
 from guestfail.core import naming
 from guestfail.core.config import Config
 from guestfail.core.journal import Entry, movable
-from guestfail.core.match import Pairing, is_ours, standby_key
+from guestfail.core.match import Pairing, is_ours
 from guestfail.core.model import Address, Link, Route, Snapshot, make_marker, parse_marker
-
-Ref = Union[int, str]  # ifindex, or the name of a master being built
+from guestfail.core.steps import (
+    CreateMaster,
+    Enslave,
+    MoveAddresses,
+    Ref,
+    Release,
+    Rename,
+    SetDown,
+    SetPrimary,
+    SetUp,
+    Step,
+)
 
 FAIL_OVER_MAC = {"none": 0, "active": 1, "follow": 2}
 
@@ -51,98 +60,6 @@ class PairSpec:
     @property
     def marker(self) -> str:
         return make_marker(key=self.key, name=self.orig_name, label=self.label)
-
-
-# ------------------------------------------------------------------ steps
-
-
-@dataclass(frozen=True)
-class CreateMaster:
-    name: str
-    kind: str  # "bond" | "team"
-    mac: str
-    mtu: int
-    marker: str
-    fail_over_mac: int = 0
-    # members that may hold `name` as an altname (see Rename)
-    reclaim_from: tuple[int, ...] = ()
-    # the journal says guestfail was creating this master when it died: an
-    # unmarked device of this kind and name is its own, taken over and marked
-    adopt_unmarked: bool = False
-
-
-@dataclass(frozen=True)
-class SetDown:
-    link: Ref
-
-
-@dataclass(frozen=True)
-class SetUp:
-    link: Ref
-
-
-@dataclass(frozen=True)
-class Rename:
-    link: Ref
-    name: str
-    keep_altname: str = ""
-    # links of this pair that may hold `name` as an altname (udev gives a
-    # renamed standby its old name as altname): the executor takes it back
-    reclaim_from: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class Enslave:
-    link: Ref
-    master: Ref
-
-
-@dataclass(frozen=True)
-class Release:
-    link: Ref
-
-
-@dataclass(frozen=True)
-class SetPrimary:
-    master: Ref
-    slave: Optional[Ref]
-
-
-@dataclass(frozen=True)
-class MoveAddresses:
-    src: Ref
-    dst: Ref
-    addresses: tuple[Address, ...]
-    routes: tuple[Route, ...] = ()
-
-
-@dataclass(frozen=True)
-class AddAddresses:
-    """Put addresses and routes (from the journal) on a link: what a crash
-    took from it."""
-
-    link: Ref
-    addresses: tuple[Address, ...]
-    routes: tuple[Route, ...] = ()
-
-
-@dataclass(frozen=True)
-class DeleteMaster:
-    master: Ref
-
-
-Step = Union[
-    CreateMaster,
-    SetDown,
-    SetUp,
-    Rename,
-    Enslave,
-    Release,
-    SetPrimary,
-    MoveAddresses,
-    AddAddresses,
-    DeleteMaster,
-]
 
 
 @dataclass
@@ -276,7 +193,7 @@ def _on(link: Link, addresses: tuple[Address, ...]) -> set[tuple[int, str, int]]
     return {a.key for a in addresses} & have
 
 
-def _missing_routes(routes: tuple[Route, ...], target: int, snap: Snapshot) -> tuple[Route, ...]:
+def missing_routes(routes: tuple[Route, ...], target: int, snap: Snapshot) -> tuple[Route, ...]:
     """Journal routes the target does not carry yet."""
     present = {r.key for r in snap.routes_via(target)}
     return tuple(r for r in routes if r.key not in present)
@@ -355,7 +272,7 @@ def plan_pair(
         known = {r.key for r in routes}
         journal_routes = entry.routes
         if master is not None:
-            journal_routes = _missing_routes(journal_routes, master.ifindex, snap)
+            journal_routes = missing_routes(journal_routes, master.ifindex, snap)
         routes += tuple(r for r in journal_routes if r.key not in known)
 
     # 1. the standby gets out of the way of the master's name
@@ -427,123 +344,3 @@ def plan_pair(
             if s.ifindex not in (spec.standby, spec.primary):
                 steps.append(Release(s.ifindex))
     return plan
-
-
-def leaked_masters(snap: Snapshot, live_keys: set[str]) -> list[Link]:
-    """Masters guestfail made that serve no pair any more (their standby is
-    gone or guestfail no longer serves it), or a second master for one pair
-    (a crash between create and enslave)."""
-    out: list[Link] = []
-    for key, masters in our_masters(snap).items():
-        if key not in live_keys:
-            out.extend(masters)
-            continue
-        if len(masters) > 1:
-            # keep the one that has slaves, else the oldest (lowest ifindex)
-            ranked = sorted(masters, key=lambda m: (not snap.slaves_of(m.ifindex), m.ifindex))
-            out.extend(ranked[1:])
-    return out
-
-
-def plan_leaked(snap: Snapshot, live_keys: set[str]) -> list[tuple[Link, list[Step]]]:
-    """Each leaked master with the steps that undo it like `release` does:
-    its standby gets its name, state, addresses and routes back (deleting
-    the master alone would leave the standby down, renamed, without them)."""
-    return [(m, plan_release(m, snap)) for m in leaked_masters(snap, live_keys)]
-
-
-def release_entry(master: Link, snap: Snapshot, t: float) -> Optional[Entry]:
-    """The journal entry written before a master is released: what its
-    standby must get back."""
-    marker = parse_marker(master.ifalias) or {}
-    standby = _standby_of(master, snap)
-    if standby is None:
-        return None
-    return Entry(
-        key=marker.get("key", ""),
-        op="release",
-        standby_name=marker.get("name") or standby.name,
-        mtu=master.mtu,
-        addresses=tuple(a for a in master.addresses if movable(a)),
-        routes=tuple(snap.routes_via(master.ifindex)),
-        master=master.name,
-        kind=master.kind,
-        since=t,
-        renamed=tuple((s.name, own) for s, own in _renamed_primaries(master, standby, snap)),
-    )
-
-
-def _renamed_primaries(master: Link, standby: Link, snap: Snapshot) -> list[tuple[Link, str]]:
-    """Members guestfail gave the <name>npf name, with their own (kept as
-    their first altname)."""
-    return [
-        (s, s.altnames[0])
-        for s in snap.slaves_of(master.ifindex)
-        if s.ifindex != standby.ifindex and s.altnames and s.name.endswith(naming.PRIMARY_SUFFIX)
-    ]
-
-
-def _standby_of(master: Link, snap: Snapshot) -> Optional[Link]:
-    key = (parse_marker(master.ifalias) or {}).get("key", "")
-    return next((s for s in snap.slaves_of(master.ifindex) if standby_key(s) == key), None)
-
-
-def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) -> list[Step]:
-    """Undo a pair: the master goes, the standby gets its name and the
-    master's addresses and routes back, the primary its old name (kept as an
-    altname).  The inverse of what plan_pair built.  `entry`: an earlier
-    release's journal entry, whose addresses the standby gets as well."""
-    marker = parse_marker(master.ifalias) or {}
-    standby = _standby_of(master, snap)
-    steps: list[Step] = [DeleteMaster(master.ifindex)]
-    if standby is None:
-        return steps
-    orig = marker.get("name") or standby.name
-    if standby.name != orig:
-        steps.append(Rename(standby.ifindex, orig, reclaim_from=(standby.ifindex,)))
-    steps.append(SetUp(standby.ifindex))
-    moving = tuple(a for a in master.addresses if movable(a))
-    routes = tuple(snap.routes_via(master.ifindex))
-    if entry is not None:
-        kept = {a.key for a in moving}
-        moving += tuple(a for a in entry.addresses_now() if a.key not in kept)
-        known = {r.key for r in routes}
-        routes += tuple(r for r in entry.routes if r.key not in known)
-    if moving or routes:
-        steps.append(MoveAddresses(master.ifindex, standby.ifindex, moving, routes))
-    for s, own in _renamed_primaries(master, standby, snap):
-        steps.append(Rename(s.ifindex, own, reclaim_from=(s.ifindex,)))
-    return steps
-
-
-def plan_finish_release(entry: Entry, snap: Snapshot) -> list[Step]:
-    """A release that died after its master was deleted: the standby (found
-    by its key) gets its name back, comes up, and gets what the journal
-    lists.  Nothing when the standby is gone too."""
-    standby = next(
-        (x for x in snap.links.values() if x.master is None and not x.kind and standby_key(x) == entry.key),
-        None,
-    )
-    if standby is None:
-        return []  # still enslaved (to a master being released) or gone
-    steps: list[Step] = []
-    if standby.name != entry.standby_name:
-        if standby.up:
-            steps.append(SetDown(standby.ifindex))
-        steps.append(Rename(standby.ifindex, entry.standby_name, reclaim_from=(standby.ifindex,)))
-        steps.append(SetUp(standby.ifindex))
-    elif not standby.up:
-        steps.append(SetUp(standby.ifindex))
-    have = {a.key for a in standby.addresses}
-    addresses = tuple(a for a in entry.addresses_now() if a.key not in have)
-    routes = _missing_routes(entry.routes, standby.ifindex, snap)
-    if addresses or routes:
-        steps.append(AddAddresses(standby.ifindex, addresses, routes))
-    for name, own in entry.renamed:
-        member = next((x for x in snap.links.values() if x.name == name), None)
-        if member is None or member.master is not None or member.name == own:
-            continue
-        if member.up:
-            steps.append(SetDown(member.ifindex))
-        steps.append(Rename(member.ifindex, own, reclaim_from=(member.ifindex,)))
-    return steps

@@ -12,13 +12,12 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from guestfail.core.decision import Decision, Health
-from guestfail.core.match import MatchResult
-from guestfail.core.model import Snapshot
+from guestfail.core.decision import Decision, Facts, Health
+from guestfail.core.match import MatchResult, Pairing
+from guestfail.core.model import Link, Snapshot
 
 SCHEMA = 1
 STATE_FILE = "state.json"
-NAMES_FILE = "names.json"
 HISTORY = 32
 
 
@@ -60,6 +59,39 @@ class PairRecord:
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
+
+    def facts(self) -> Facts:
+        """What the switch decision reads (guestfail.core.decision)."""
+        return Facts(
+            standby=self.standby or 0,
+            standby_carrier=self.standby_carrier,
+            primary=self.primary,
+            primary_enslaved=self.primary_enslaved,
+            primary_carrier=self.primary_carrier,
+            drained=self.drained,
+            active=self.active,
+            error=self.error,
+        )
+
+    def observe(self, p: Pairing, snap: Snapshot, master: Optional[Link]) -> bool:
+        """Take the pair's facts from a snapshot (the one derivation, for the
+        daemon and for `status`'s live view).  The active member and the
+        drain are not taken (the daemon follows them itself).  True if the
+        pair has a primary it did not have before."""
+        sby = snap.links[p.standby]
+        prim = snap.get(p.primary)
+        self.label = p.label
+        self.rule, self.reason = p.rule, p.reason
+        self.master = master.ifindex if master else None
+        self.master_name = master.name if master else ""
+        self.standby, self.standby_name = sby.ifindex, sby.name
+        self.standby_carrier = sby.lower_up and sby.up
+        new_primary = prim is not None and prim.ifindex != self.primary
+        self.primary = prim.ifindex if prim else None
+        self.primary_name = prim.name if prim else ""
+        self.primary_carrier = bool(prim and prim.lower_up and prim.up)
+        self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
+        return new_primary
 
     def names(self) -> dict[int, str]:
         out = {}

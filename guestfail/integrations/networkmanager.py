@@ -4,8 +4,9 @@ guestfail.integrations.nmclient, which makes the D-Bus calls."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 from guestfail.core.config import Config
 from guestfail.core.errors import GuestfailError
@@ -13,10 +14,13 @@ from guestfail.core.interfaces import Outcome
 from guestfail.core.model import Snapshot
 from guestfail.core.plan import PairSpec
 
-if TYPE_CHECKING:
-    pass
-
 log = logging.getLogger(__name__)
+
+
+def dbus_library() -> bool:
+    """Is a D-Bus library there (dbus-fast, or dbus-next on older systems)?"""
+    return any(importlib.util.find_spec(m) is not None for m in ("dbus_fast", "dbus_next"))
+
 
 #: bonding's fail_over_mac values by the number the kernel reports
 FAIL_OVER_MAC_NAMES = ("none", "active", "follow")
@@ -41,6 +45,34 @@ class NetworkManagerIntegration:
     def notify_restart(self) -> None:
         """NetworkManager (re)started (its bus name changed owner)."""
         self.restarted = True
+
+    @staticmethod
+    def unavailable() -> Optional[str]:
+        """Why this integration cannot work here, if it cannot."""
+        if not dbus_library():
+            return "NetworkManager support needs a D-Bus library (python3-dbus-fast): not installed"
+        return None
+
+    async def watch(self, started: Callable[[], None]) -> Any:
+        """Follow NetworkManager's name on the system bus: every (re)start
+        makes it read the members' marks again, so the ports are handed back
+        (`started` asks for a reconciliation).  Returns the watcher, or None
+        when there is no system bus (then NetworkManager cannot run either)."""
+        from guestfail.integrations.nmclient import NM
+        from guestfail.system.dbus import NameWatcher
+
+        def changed(_name: str, owned: bool) -> None:
+            self.notify_restart()
+            if owned:
+                started()
+
+        watcher = NameWatcher([NM], changed)
+        try:
+            await watcher.start()
+        except (OSError, ValueError, EOFError) as e:
+            log.debug("not watching for NetworkManager: %s", e)
+            return None
+        return watcher
 
     def _client(self) -> Any:
         if self._nm is None:

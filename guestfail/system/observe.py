@@ -11,7 +11,8 @@ import dataclasses
 from typing import Callable, Optional
 
 from guestfail.core.model import Link, Snapshot
-from guestfail.system.netlink import Dump, Netlink, movable_route
+from guestfail.system.netlink import Dump, Netlink
+from guestfail.system.rtnl import movable_route
 from guestfail.system.sysfs import Sysfs
 from guestfail.system.udev import Udev, UdevInfo
 

@@ -6,6 +6,7 @@ daemon's loop watches), not something polled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -14,7 +15,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from guestfail.core.errors import SystemRefused
 
@@ -96,3 +97,36 @@ def pidfd(pid: int) -> Optional[int]:
         if e.errno == errno.ESRCH:
             return None
         raise
+
+
+class PidWatch:
+    """Processes whose exit is an event for the event loop (a pidfd becomes
+    readable): how the daemon learns that a teamd died."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, exited: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.exited = exited
+        self.watched: dict[str, tuple[int, int]] = {}  # name -> (pid, pidfd)
+
+    def watch(self, name: str, pid: int) -> bool:
+        """Follow `pid` under `name`; False if it is gone already."""
+        if self.watched.get(name, (None, None))[0] == pid:
+            return True
+        fd = pidfd(pid)
+        if fd is None:
+            return False
+        self.watched[name] = (pid, fd)
+        self.loop.add_reader(fd, self._fired, name, fd)
+        return True
+
+    def _fired(self, name: str, fd: int) -> None:
+        self.loop.remove_reader(fd)
+        os.close(fd)
+        self.watched.pop(name, None)
+        self.exited(name)
+
+    def close(self) -> None:
+        for _pid, fd in self.watched.values():
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self.watched.clear()

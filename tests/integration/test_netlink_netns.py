@@ -22,8 +22,9 @@ from guestfail.agent.executor import Executor
 from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
 from guestfail.core.model import Address, Route, Snapshot
-from guestfail.core.plan import MoveAddresses
-from guestfail.system.netlink import LinkMonitor, Netlink, NetlinkFailure, movable_route
+from guestfail.core.steps import MoveAddresses
+from guestfail.system.netlink import LinkMonitor, Netlink, NetlinkFailure
+from guestfail.system.rtnl import movable_route
 from guestfail.system.sysfs import Sysfs
 
 pytestmark = pytest.mark.netns

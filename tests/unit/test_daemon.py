@@ -63,15 +63,8 @@ def primary_of(w: World) -> int | None:
 
 
 async def reconciled(d: Daemon, after: int) -> None:
-    """Until a reconciliation beyond the `after`-th has finished (the check
-    and the clear happen without yielding: no set() falls between them)."""
-
-    async def wait() -> None:
-        while d.reconciles <= after:
-            d._reconciled.clear()
-            await d._reconciled.wait()
-
-    await asyncio.wait_for(wait(), 10)
+    """Until a reconciliation beyond the `after`-th has finished."""
+    await asyncio.wait_for(d.reconciling.wait(after), 10)
 
 
 def test_the_state_file_follows_every_switch(tmp_path: Path) -> None:
@@ -93,7 +86,7 @@ def test_a_prepare_unplug_the_kernel_refuses_is_undone(tmp_path: Path) -> None:
 
     async def go() -> None:
         async with daemon(w) as d:
-            n = d.reconciles
+            n = d.reconciling.runs
             orig = w.k.set_bond
 
             def refuse(ifindex: int, what: str, **attrs: object) -> None:
@@ -118,7 +111,7 @@ def test_a_prepare_unplug_that_times_out_is_undone_when_the_kernel_answers(tmp_p
 
     async def go() -> None:
         async with daemon(w) as d:
-            n = d.reconciles
+            n = d.reconciling.runs
             release = threading.Event()
 
             def held() -> None:
@@ -145,7 +138,7 @@ def test_a_drain_whose_vf_is_not_removed_is_undone(tmp_path: Path) -> None:
 
     async def go() -> None:
         async with daemon(w, "drain_timeout = 1\n") as d:
-            n = d.reconciles
+            n = d.reconciling.runs
             doc = await d.prepare_unplug("ens11npf")
             assert doc["drained"] and doc["active"] == "ens11nsby"
             assert primary_of(w) is None
@@ -165,13 +158,13 @@ def test_a_reconciliation_that_fails_is_retried_until_it_succeeds(tmp_path: Path
 
     async def go() -> None:
         async with daemon(w) as d:
-            n = d.reconciles
+            n = d.reconciling.runs
             rec = the_pair(d)
-            assert "Operation not permitted" in rec.error and d.retry_in == 0.5
+            assert "Operation not permitted" in rec.error and d.reconciling.retry_in == 0.5
             doc = d.status()
             assert doc["daemon"]["retry_in_s"] == 0.5 and doc["pairs"][0]["error"] == rec.error
             await reconciled(d, n)  # the retry, by itself
-            assert rec.error == "" and d.retry_in is None
+            assert rec.error == "" and d.reconciling.retry_in is None
 
     asyncio.run(go())
     assert_paired(w)
@@ -183,7 +176,7 @@ def test_events_read_before_an_overrun_are_switched_on_then_a_resync_follows(tmp
 
     async def go() -> None:
         async with daemon(w) as d:
-            n = d.reconciles
+            n = d.reconciling.runs
             w.k.set_carrier(w.link("ens11npf").ifindex, False)
             lost = event(w, "ens11npf")
 

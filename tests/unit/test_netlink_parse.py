@@ -10,7 +10,8 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from guestfail.core.model import Link, Route
-from guestfail.system.netlink import Dump, movable_route, parse_addr, parse_link, split_messages
+from guestfail.system.netlink import Dump
+from guestfail.system.rtnl import movable_route, parse_addr, parse_link, split_messages
 
 from .conftest import DATA
 

@@ -7,22 +7,19 @@ import pytest
 from guestfail.core.config import Config, parse
 from guestfail.core.match import match, standby_key
 from guestfail.core.model import Address, BondState, Link, Route, Snapshot, make_marker
-from guestfail.core.plan import (
+from guestfail.core.plan import PlanRefused, plan_pair, spec_for
+from guestfail.core.steps import (
     CreateMaster,
     DeleteMaster,
     Enslave,
     MoveAddresses,
-    PlanRefused,
     Release,
     Rename,
     SetDown,
     SetPrimary,
     SetUp,
-    leaked_masters,
-    plan_pair,
-    plan_release,
-    spec_for,
 )
+from guestfail.core.undo import leaked_masters, plan_release
 
 from .conftest import link, vf, virtio
 

@@ -77,6 +77,7 @@ def make_bond(announce: bool = False) -> Bond:
         k,
         BondBackend(Config(), k, Sysfs()),
         on_switch=lambda _rec, s: switches.append(s),
+        on_undrain=lambda _rec, why: asked.append(f"undrain: {why}"),
         reconcile=asked.append,
         announce_enabled=lambda: announce,
         retry_delay=lambda: 0.01,
@@ -304,7 +305,7 @@ def test_prepare_unplug_while_a_switch_is_out_is_refused(bond: Bond) -> None:
     async def go() -> None:
         bond.carrier(bond.vf, False, 1000)
         with pytest.raises(SystemRefused, match="in flight"):
-            await bond.sw.drain(bond.rec, 1.0, lambda _r, _w: None)
+            await bond.sw.drain(bond.rec, 1.0)
         await bond.sw.settle()
 
     run(go())
