@@ -106,7 +106,7 @@ def test_no_import_cycles() -> None:
         path.append(m)
         for n in sorted(g.get(m, ())):
             if seen.get(n) == 1:
-                cycle = path[path.index(n) :] + [n]
+                cycle = [*path[path.index(n) :], n]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if n not in seen:
                 visit(n)
