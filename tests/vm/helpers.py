@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -78,6 +79,16 @@ class Guest:
         if wait:
             self.lab.wait_notify(key, "READY=1", timeout=240)
         return key
+
+    def stacks(self, key: str) -> str:
+        """The Python stacks of a guest process started as `key` (py-spy,
+        from the host's venv over the shared root): for failure reports."""
+        pid = self.lab.pid(key)
+        spy = Path(sys.executable).parent / "py-spy"
+        if not pid or not spy.exists():
+            return "(no stacks: no such process or no py-spy)"
+        r = self.lab.run(str(spy), "dump", "--pid", str(pid), check=False, timeout=120)
+        return str(r.out or r.err)
 
     def kill_agent(self, key: str, sig: str = "SIGKILL") -> Optional[int]:
         self.lab.signal(key, sig)

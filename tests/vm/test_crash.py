@@ -108,7 +108,8 @@ def test_killed_at_every_step_of_pairing_and_release_loses_nothing(boot) -> None
     for n in range(max(pair_steps, release_steps)):
         if n < pair_steps:
             key = g.start_agent(None, wait=False, env=fault(n))
-            assert g.lab.wait_proc(key, timeout=300) == -9, g.lab.log_tail(key)
+            rc = g.lab.wait_proc(key, timeout=300)
+            assert rc == -9, f"rc {rc}\n{g.lab.log_tail(key)}\n{g.stacks(key)}"
             key = g.start_agent()  # the next start finishes the pairing
             paired(f"pairing killed after {n} steps")
             g.kill_agent(key, "SIGTERM")
