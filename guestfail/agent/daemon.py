@@ -30,7 +30,6 @@ from guestfail import __version__
 from guestfail.agent.reconciler import Reconciler, Scheduler
 from guestfail.agent.switcher import State, Switcher, now_ns
 from guestfail.backends.bond import BondBackend
-from guestfail.backends.team import TeamdSupervision
 from guestfail.core import config as config_mod
 from guestfail.core.config import Config
 from guestfail.core.decision import decide
@@ -126,7 +125,7 @@ class Daemon:
             else:
                 log.warning("%s", why_not)
         if cfg.backend == "team":
-            from guestfail.backends.team import TeamBackend
+            from guestfail.backends.team import TeamBackend, TeamdSupervision
 
             assert isinstance(self._slow_backend, TeamBackend)
             integrations.append(TeamdSupervision(self._slow_backend))

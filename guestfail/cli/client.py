@@ -5,18 +5,12 @@ daemon on it."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 from typing import Any, Optional
 
 from guestfail.core.errors import NotFound, SystemRefused
-
-try:
-    from dbus_fast import BusType, Message, MessageType
-    from dbus_fast.aio import MessageBus
-except ImportError:  # pragma: no cover - the fallback for older distributions
-    from dbus_next import BusType, Message, MessageType  # type: ignore[no-redef]
-    from dbus_next.aio import MessageBus  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +20,19 @@ INTERFACE = "io.github.guestfail1.Agent"
 ERR_NOT_FOUND = "io.github.guestfail1.Error.NotFound"
 
 
+def available() -> bool:
+    """Is a D-Bus library there (else there is no daemon to ask)?"""
+    return any(importlib.util.find_spec(m) is not None for m in ("dbus_fast", "dbus_next"))
+
+
 async def _call(member: str, signature: str, body: list[Any], timeout: float) -> Optional[dict[str, Any]]:
+    try:
+        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast.aio import MessageBus
+    except ImportError:  # pragma: no cover - the fallback for older distributions
+        from dbus_next import BusType, Message, MessageType  # type: ignore[no-redef]
+        from dbus_next.aio import MessageBus  # type: ignore[no-redef]
+
     try:
         bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout)
     except (OSError, asyncio.TimeoutError, ValueError, EOFError) as e:

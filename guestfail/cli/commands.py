@@ -1,5 +1,7 @@
-"""The `guestfail` command.  Exit codes: see `guestfail.errors.Exit` (and
-EXIT STATUS in guestfail(8)); logs go to stderr, data to stdout."""
+"""The `guestfail` command: each subcommand's parser names its action
+(`set_defaults(action=...)`); `main` loads the configuration, runs the
+action and maps errors to exit codes (guestfail.core.errors.Exit, EXIT
+STATUS in guestfail(8)).  Logs go to stderr, data to stdout."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from guestfail import __version__
 from guestfail.core import config as config_mod
@@ -27,6 +29,7 @@ exit status:
   5  the configuration file is invalid (nothing was changed)
   6  the system refused (permissions, the kernel, the daemon unreachable)
   7  no such pair or member
+  8  status: the daemon is not running (the state shown may be stale; nothing switches)
 
 Configuration: /etc/guestfail/guestfail.toml (see guestfail(8)).
 """
@@ -61,18 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[after], help="run the daemon (what guestfail.service starts)")
     run.add_argument("--no-dbus", action="store_true", help="do not offer the D-Bus API")
+    run.set_defaults(action=cmd_run)
 
     st = sub.add_parser(
         "status", parents=[after], help="show pairs, refusals and unpaired devices (no root needed)"
     )
+    st.add_argument("pair", nargs="?", metavar="PAIR", help="one pair in detail: its members and switches")
     st.add_argument("--json", action="store_true", help="print the status document as JSON")
     st.add_argument("--no-dbus", action="store_true", help="do not ask the daemon; read its state file")
+    st.set_defaults(action=cmd_status)
 
-    sub.add_parser("check-config", parents=[after], help="validate the configuration and exit")
+    cc = sub.add_parser("check-config", parents=[after], help="validate the configuration and exit")
+    cc.set_defaults(action=cmd_check_config)
 
     sw = sub.add_parser("switch", parents=[after], help="make a pair's standby or primary the active member")
     sw.add_argument("pair", help="the pair: its master's name or its label")
     sw.add_argument("member", help="'standby', 'primary', or a member's name")
+    sw.set_defaults(action=lambda _cfg, a: call_daemon("Switch", "ss", [a.pair, a.member]))
 
     pu = sub.add_parser(
         "prepare-unplug",
@@ -81,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pu.add_argument("primary", help="the VF, or its pair's master or label")
     pu.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    pu.set_defaults(action=lambda _cfg, a: call_daemon("PrepareUnplug", "sd", [a.primary, a.timeout]))
 
-    sub.add_parser("rescan", parents=[after], help="make the daemon observe and reconcile now")
+    rs = sub.add_parser("rescan", parents=[after], help="make the daemon observe and reconcile now")
+    rs.set_defaults(action=lambda _cfg, _a: call_daemon("Rescan", "", []))
 
     rel = sub.add_parser(
         "release",
@@ -92,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("pairs", nargs="*", metavar="PAIR", help="masters to release (default: with --all)")
     rel.add_argument("--all", action="store_true", help="release every master guestfail built")
     rel.add_argument("--force", action="store_true", help="even while the daemon runs (it would pair again)")
+    rel.set_defaults(action=cmd_release)
     return p
 
 
@@ -112,8 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     # the daemon logs what it does (INFO) by default; commands only warnings
     setup_logging(max(args.verbose, 1) if args.command == "run" else args.verbose)
+    action: Callable[[config_mod.Config, argparse.Namespace], int] = args.action
     try:
-        return int(dispatch(args))
+        return int(action(config_mod.load(args.config), args))
     except GuestfailError as e:
         print(f"guestfail: {e}", file=sys.stderr)
         return int(e.exit)
@@ -123,24 +135,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(Exit.OK)
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config)
-    if args.command == "check-config":
-        print(
-            f"{cfg.source}: ok (backend {cfg.backend}, naming {cfg.naming}, "
-            f"{len(cfg.pairs)} explicit pairs, {len(cfg.serials)} serials, "
-            f"rules {', '.join(cfg.rules) or 'none'})"
-        )
-        return Exit.OK
-    if args.command == "run":
-        from guestfail.agent import daemon
+def cmd_check_config(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    print(
+        f"{cfg.source}: ok (backend {cfg.backend}, naming {cfg.naming}, "
+        f"{len(cfg.pairs)} explicit pairs, {len(cfg.serials)} serials, "
+        f"rules {', '.join(cfg.rules) or 'none'})"
+    )
+    return Exit.OK
 
-        return daemon.run(cfg, use_dbus=not args.no_dbus)
-    if args.command == "status":
-        return cmd_status(cfg, args)
-    if args.command == "release":
-        return cmd_release(cfg, args)
-    return cmd_call(args)
+
+def cmd_run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from guestfail.agent import daemon
+
+    return daemon.run(cfg, use_dbus=not args.no_dbus)
 
 
 def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -150,25 +157,36 @@ def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from guestfail.system.sysfs import Sysfs
     from guestfail.system.udev import Udev
 
+    sysfs = Sysfs()
     nl = Netlink()
     try:
-        snap = observe(nl, Sysfs(), Udev())
+        snap = observe(nl, sysfs, Udev())
     finally:
         nl.close()
     daemon_status = None
     if not args.no_dbus:
         from guestfail.cli import client
 
-        def daemon_status() -> Optional[dict[str, Any]]:
-            return client.call_status()
-
-    doc = status.gather(cfg, snap, daemon_status)
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        if client.available():
+            daemon_status = client.call_status
+    st = status.Status.from_document(status.gather(cfg, snap, daemon_status))
+    if args.pair:
+        pair = st.pair(args.pair)
+        members = status.members(pair, snap, sysfs.member_counters)
+        if args.json:
+            _print_json({"pair": pair.json, "members": [m.to_json() for m in members]})
+        else:
+            print(status.render_pair(pair, members))
+    elif args.json:
+        _print_json(st.document)
     else:
-        print(status.render(doc))
-    return status.exit_code(doc)
+        print(status.render(st))
+    return status.exit_code(st)
+
+
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    sys.stdout.write("\n")
 
 
 def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -196,11 +214,9 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def _daemon_on_bus() -> bool:
-    try:
-        from guestfail.cli import client
-    except ImportError:  # no D-Bus library: no daemon on the bus either
-        return False
-    return client.call_status() is not None
+    from guestfail.cli import client
+
+    return client.available() and client.call_status() is not None
 
 
 def _forget_nm_profiles(masters: set[str]) -> None:
@@ -208,6 +224,10 @@ def _forget_nm_profiles(masters: set[str]) -> None:
     user's own profile then applies to the standby again."""
     if not masters:
         return
+    from guestfail.cli import client
+
+    if not client.available():
+        return  # no D-Bus library: no NetworkManager support either
     from guestfail.integrations.nmclient import NetworkManager
     from guestfail.system.dbus import BusClient, BusError
 
@@ -223,22 +243,16 @@ def _forget_nm_profiles(masters: set[str]) -> None:
         bus.close()
 
 
-def cmd_call(args: argparse.Namespace) -> int:
+def call_daemon(member: str, signature: str, body: list[Any]) -> int:
     """Commands the daemon carries out, over D-Bus."""
     from guestfail.cli import client
 
-    if args.command == "switch":
-        doc = client.call("Switch", "ss", [args.pair, args.member])
-    elif args.command == "prepare-unplug":
-        doc = client.call("PrepareUnplug", "sd", [args.primary, args.timeout])
-    elif args.command == "rescan":
-        doc = client.call("Rescan", "", [])
-    else:  # pragma: no cover - argparse rejects it first
-        raise UsageError(f"unknown command {args.command}")
+    if not client.available():
+        raise SystemRefused(f"{member} needs the daemon over D-Bus, and no D-Bus library is installed")
+    doc = client.call(member, signature, body)
     if doc is None:
         raise SystemRefused("the daemon is not reachable on D-Bus (is guestfail.service running?)")
-    json.dump(doc, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    _print_json(doc)
     return Exit.OK
 
 

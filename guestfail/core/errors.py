@@ -28,6 +28,9 @@ class Exit(IntEnum):
     SYSTEM = 6
     #: A named pair or member does not exist.
     NOT_FOUND = 7
+    #: `status`: the daemon is not running (what is shown may be stale, and
+    #: nothing switches).
+    NOT_RUNNING = 8
 
 
 class GuestfailError(Exception):

@@ -109,6 +109,17 @@ class Sysfs:
     def bonding_option(self, bond: str, option: str) -> Optional[str]:
         return self._read(self.root / "class" / "net" / bond / "bonding" / option)
 
+    def member_counters(self, ifname: str) -> tuple[Optional[int], Optional[int]]:
+        """(link speed in Mb/s, the bond's link-failure count) of a member;
+        None where the kernel has no figure (no link, not a bond slave)."""
+        net = self.root / "class" / "net" / ifname
+        speed = self._read(net / "speed")
+        failures = self._read(net / "bonding_slave" / "link_failure_count")
+        s = int(speed) if speed is not None and speed.lstrip("-").isdigit() else None
+        return (s if s is not None and s > 0 else None), (
+            int(failures) if failures and failures.isdigit() else None
+        )
+
     # ------------------------------------------------------------ writes
 
     def set_bonding_option(self, bond: str, option: str, value: str) -> None:
