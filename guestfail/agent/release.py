@@ -19,8 +19,7 @@ from guestfail.core.config import Config
 from guestfail.core.errors import NotFound
 from guestfail.core.interfaces import Backend
 from guestfail.core.journal import now
-from guestfail.core.match import is_ours
-from guestfail.core.model import Link, Snapshot
+from guestfail.core.model import Link, Snapshot, is_ours
 from guestfail.core.undo import plan_finish_release, plan_release, release_entry
 from guestfail.system.files import Journal
 from guestfail.system.netlink import Rtnl

@@ -28,7 +28,7 @@ from typing import Any, Optional
 from guestfail.core.config import Config
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Outcome
-from guestfail.core.model import Link, Snapshot, parse_marker
+from guestfail.core.model import Link, Snapshot
 from guestfail.core.plan import PairSpec, master_of
 from guestfail.core.steps import CreateMaster
 from guestfail.system import processes
@@ -209,10 +209,6 @@ class TeamBackend:
         except (OSError, ValueError):
             return None
         return doc if isinstance(doc, dict) else None
-
-
-def is_team_master(link: Link) -> bool:
-    return link.kind == "team" and parse_marker(link.ifalias) is not None
 
 
 class TeamdSupervision:

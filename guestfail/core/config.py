@@ -29,6 +29,15 @@ NAMINGS = ("kernel", "keep")
 MASTER_POLICIES = ("on-pair", "from-start")
 RULES = ("serial", "mac")
 FAIL_OVER_MAC = ("auto", "none", "active", "follow")
+#: bonding's fail_over_mac: the names the config and the bond's sysfs use,
+#: by the number the kernel takes and reports (IFLA_BOND_FAIL_OVER_MAC)
+FAIL_OVER_MAC_VALUES = {"none": 0, "active": 1, "follow": 2}
+
+
+def fail_over_mac_name(value: int) -> str:
+    return next((k for k, v in FAIL_OVER_MAC_VALUES.items() if v == value), "none")
+
+
 ALL_SLAVES_ACTIVE = ("on", "off")
 INGRESS = ("unicast", "off")
 HWADDR_POLICIES = ("auto", "same_all", "by_active", "only_active")

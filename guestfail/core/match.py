@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from guestfail.core.config import Config, ExplicitPair, Selector
-from guestfail.core.model import ARPHRD_ETHER, Link, Snapshot
+from guestfail.core.model import ARPHRD_ETHER, Link, Snapshot, is_ours
 
 NETVSC = "hv_netvsc"
 
@@ -66,12 +66,6 @@ class MatchResult:
     unpaired: list[Unpaired] = field(default_factory=list)
     ignored: list[tuple[int, str]] = field(default_factory=list)
 
-    def pairing_for(self, ifindex: int) -> Optional[Pairing]:
-        for p in self.pairings:
-            if ifindex in (p.standby, p.primary):
-                return p
-        return None
-
 
 def standby_key(link: Link) -> str:
     """A standby's identity across renames, enslavement and daemon restarts."""
@@ -80,10 +74,6 @@ def standby_key(link: Link) -> str:
     if link.pci_address:
         return f"pci-{link.pci_address}"
     return f"mac-{link.hw_mac}"
-
-
-def is_ours(link: Optional[Link]) -> bool:
-    return link is not None and link.kind in ("bond", "team") and link.marker is not None
 
 
 def _ignored(link: Link, cfg: Config, orig_name: Optional[str] = None) -> bool:

@@ -193,8 +193,24 @@ class Link:
         carries it (a master guestfail created)."""
         return parse_marker(self.ifalias)
 
-    def describe(self) -> str:
-        return self.name
+
+# ------------------------------------------------------------------ ownership
+# A master is guestfail's when its ifalias carries the marker: the one test
+# of ownership, for the daemon, `status`, `release` and the backends.
+
+
+def is_ours(link: Optional[Link]) -> bool:
+    return link is not None and link.kind in ("bond", "team") and link.marker is not None
+
+
+def our_masters(snap: Snapshot) -> dict[str, list[Link]]:
+    """guestfail's masters by pair key (more than one per key is a leak)."""
+    out: dict[str, list[Link]] = {}
+    for link in snap.links.values():
+        if is_ours(link):
+            m = parse_marker(link.ifalias) or {}
+            out.setdefault(m.get("key", ""), []).append(link)
+    return out
 
 
 #: the kernel keeps at most IFALIASZ - 1 bytes of an ifalias

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from guestfail.core import naming
-from guestfail.core.config import Config
+from guestfail.core.config import FAIL_OVER_MAC_VALUES, Config
 from guestfail.core.journal import Entry, movable
-from guestfail.core.match import Pairing, is_ours
-from guestfail.core.model import Address, Link, Route, Snapshot, make_marker, parse_marker
+from guestfail.core.match import Pairing
+from guestfail.core.model import Address, Link, Route, Snapshot, is_ours, make_marker, our_masters
 from guestfail.core.steps import (
     CreateMaster,
     Enslave,
@@ -32,8 +32,6 @@ from guestfail.core.steps import (
     SetUp,
     Step,
 )
-
-FAIL_OVER_MAC = {"none": 0, "active": 1, "follow": 2}
 
 
 class PlanRefused(Exception):
@@ -69,16 +67,6 @@ class Plan:
 
 
 # ------------------------------------------------------------------ spec
-
-
-def our_masters(snap: Snapshot) -> dict[str, list[Link]]:
-    """guestfail's masters by pair key (more than one per key is a leak)."""
-    out: dict[str, list[Link]] = {}
-    for link in snap.links.values():
-        if is_ours(link):
-            m = parse_marker(link.ifalias) or {}
-            out.setdefault(m.get("key", ""), []).append(link)
-    return out
 
 
 def master_of(key: str, standby: int, snap: Snapshot) -> Optional[Link]:
@@ -232,7 +220,7 @@ def plan_pair(
             mac=spec.mac,
             mtu=entry.mtu if entry is not None and entry.mtu else spec.mtu,
             marker=spec.marker,
-            fail_over_mac=FAIL_OVER_MAC[spec.fail_over_mac],
+            fail_over_mac=FAIL_OVER_MAC_VALUES[spec.fail_over_mac],
             adopt_unmarked=entry is not None and entry.creating == name,
         )
         holder = snap.by_name(name)

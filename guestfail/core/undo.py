@@ -10,8 +10,8 @@ from typing import Optional
 from guestfail.core import naming
 from guestfail.core.journal import Entry, movable
 from guestfail.core.match import standby_key
-from guestfail.core.model import Link, Snapshot, parse_marker
-from guestfail.core.plan import missing_routes, our_masters
+from guestfail.core.model import Link, Snapshot, our_masters, parse_marker
+from guestfail.core.plan import missing_routes
 from guestfail.core.steps import AddAddresses, DeleteMaster, MoveAddresses, Rename, SetDown, SetUp, Step
 
 

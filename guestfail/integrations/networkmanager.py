@@ -8,7 +8,7 @@ import importlib.util
 import logging
 from typing import Any, Callable, Optional
 
-from guestfail.core.config import Config
+from guestfail.core.config import Config, fail_over_mac_name
 from guestfail.core.errors import GuestfailError
 from guestfail.core.interfaces import Outcome
 from guestfail.core.model import Snapshot
@@ -17,13 +17,23 @@ from guestfail.core.plan import PairSpec
 log = logging.getLogger(__name__)
 
 
+def bond_options(miimon: int, fail_over_mac: str, num_peer_notif: int, primary: str) -> dict[str, str]:
+    """The bond options of a master's NetworkManager profile: the ones
+    guestfail set, so that activating the profile changes nothing."""
+    options = {
+        "miimon": str(miimon),
+        "fail_over_mac": fail_over_mac,
+        "primary_reselect": "always",
+        "num_grat_arp": str(num_peer_notif),
+    }
+    if primary:
+        options["primary"] = primary
+    return options
+
+
 def dbus_library() -> bool:
     """Is a D-Bus library there (dbus-fast, or dbus-next on older systems)?"""
     return any(importlib.util.find_spec(m) is not None for m in ("dbus_fast", "dbus_next"))
-
-
-#: bonding's fail_over_mac values by the number the kernel reports
-FAIL_OVER_MAC_NAMES = ("none", "active", "follow")
 
 
 class NetworkManagerIntegration:
@@ -113,14 +123,9 @@ class NetworkManagerIntegration:
             return
         from guestfail.integrations.nmclient import settings_from_json
 
-        options = {
-            "miimon": str(self.cfg.bond.miimon),
-            "fail_over_mac": spec.fail_over_mac,
-            "primary_reselect": "always",
-            "num_grat_arp": str(self.cfg.bond.num_peer_notif),
-        }
-        if spec.primary_name:
-            options["primary"] = spec.primary_name
+        options = bond_options(
+            self.cfg.bond.miimon, spec.fail_over_mac, self.cfg.bond.num_peer_notif, spec.primary_name or ""
+        )
         captured = settings_from_json(kept["applied"]) if "applied" in kept else None
         self._client().ensure_master_profile(master_name, captured, spec.orig_name, spec.mac, options)
         self._done.add(master_name)
@@ -141,15 +146,10 @@ class NetworkManagerIntegration:
             sby = snap.links[p.standby]
             orig = (master.marker or {}).get("name", sby.name)
             b = master.bond
-            options = {
-                "miimon": str(b.miimon),
-                "fail_over_mac": FAIL_OVER_MAC_NAMES[b.fail_over_mac] if b.fail_over_mac < 3 else "none",
-                "primary_reselect": "always",
-                "num_grat_arp": str(b.num_peer_notif),
-            }
             prim = snap.get(b.primary)
-            if prim is not None:
-                options["primary"] = prim.name
+            options = bond_options(
+                b.miimon, fail_over_mac_name(b.fail_over_mac), b.num_peer_notif, prim.name if prim else ""
+            )
             data = kept.get(p.key, {}).get(self.name) or {}
             captured = settings_from_json(data["applied"]) if "applied" in data else None
             try:

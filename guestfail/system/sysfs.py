@@ -46,12 +46,6 @@ class Sysfs:
         except OSError:
             return ""
 
-    def net_names(self) -> list[str]:
-        try:
-            return sorted(os.listdir(self.root / "class" / "net"))
-        except OSError:
-            return []
-
     def device_info(self, ifname: str, ifindex: Optional[int] = None) -> DeviceInfo:
         """Driver and bus identity of a netdev's parent device; empty for
         virtual devices (no `device` link).  sysfs is read by name: with
@@ -105,9 +99,6 @@ class Sysfs:
         if not pci_address:
             return ""
         return slots.get(pci_address.rsplit(".", 1)[0], "")
-
-    def bonding_option(self, bond: str, option: str) -> Optional[str]:
-        return self._read(self.root / "class" / "net" / bond / "bonding" / option)
 
     def member_counters(self, ifname: str) -> tuple[Optional[int], Optional[int]]:
         """(link speed in Mb/s, the bond's link-failure count) of a member;
