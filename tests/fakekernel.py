@@ -361,9 +361,6 @@ class FakeKernel:
         self._reselect(master)
         self._change(what)
 
-    def set_ifalias(self, ifindex: int, name: str, alias: str) -> None:
-        self.set(ifindex, f"set the alias of {name}", ifalias=alias)
-
     def add_altname(self, ifindex: int, name: str, altname: str) -> None:
         what = f"add altname {altname} to {name}"
         x = self._get(ifindex, what)

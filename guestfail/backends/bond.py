@@ -41,7 +41,7 @@ class BondBackend:
         return idx
 
     def _finish(self, idx: int, step: CreateMaster) -> None:
-        self.nl.set_ifalias(idx, step.name, step.marker)
+        self.nl.set(idx, f"set the alias of {step.name}", ifalias=step.marker)
         # The first notification after a switch goes out at once; later ones
         # (num_peer_notif > 1) one per miimon tick.  0 = miimon's default.
         try:

@@ -124,7 +124,7 @@ class TeamBackend:
         if idx is None:
             raise SystemRefused(f"teamd started but there is no device {step.name}")
         self.nl.set(idx, f"set the MTU of {step.name}", mtu=step.mtu)
-        self.nl.set_ifalias(idx, step.name, step.marker)
+        self.nl.set(idx, f"set the alias of {step.name}", ifalias=step.marker)
         return idx
 
     def adopt_master(self, master: Link, step: CreateMaster) -> None:
@@ -133,7 +133,7 @@ class TeamBackend:
         if self._load(step.name) is None:
             self._save(step.name, teamd_config(self.cfg, step.name, step.mac, step.fail_over_mac))
         self.nl.set(master.ifindex, f"set the MTU of {step.name}", mtu=step.mtu)
-        self.nl.set_ifalias(master.ifindex, step.name, step.marker)
+        self.nl.set(master.ifindex, f"set the alias of {step.name}", ifalias=step.marker)
 
     def enslave(self, link: int, name: str, master: int, master_name: str) -> None:
         self.client.call(master_name, "PortAdd", "s", [name])

@@ -2,8 +2,10 @@
 
 * `parse_link`, `parse_addr`, `parse_route`: pyroute2 messages -> model
   objects (pure; unit tests replay recorded dumps through them).
-* `Netlink`: dumps and changes, through pyroute2's `IPRoute` (0.7.2 as in
-  Debian 12, and 0.9.x).  pyroute2 0.9's synchronous IPRoute runs its own
+* `Netlink`: dumps, reads and the switch path's requests through a small
+  socket of its own (guestfail.system.nlsock), other changes through
+  pyroute2's `IPRoute` (0.7.2 as in Debian 12, and 0.9.x), imported only
+  when one is made.  pyroute2 0.9's synchronous IPRoute runs its own
   event loop and must not be used inside a running one, so the daemon calls
   these methods from one worker thread (`guestfail.daemon`).
 * `LinkMonitor`: link events from a plain non-blocking netlink socket the
@@ -23,6 +25,7 @@ from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from guestfail.core.errors import SystemRefused
 from guestfail.core.model import Address, Link, Route
+from guestfail.system.nlsock import NlError, NlSocket, lean_pyroute2
 from guestfail.system.rtnl import (
     FOREVER,
     ROUTE_FLAGS_KEPT,
@@ -100,7 +103,6 @@ class Rtnl(Protocol):
     def set_name(self, ifindex: int, old: str, name: str) -> None: ...
     def set_state(self, ifindex: int, name: str, up: bool) -> None: ...
     def set_master(self, ifindex: int, name: str, master: int, master_name: str) -> None: ...
-    def set_ifalias(self, ifindex: int, name: str, alias: str) -> None: ...
     def add_altname(self, ifindex: int, name: str, altname: str) -> None: ...
     def del_altname(self, ifindex: int, name: str, altname: str) -> None: ...
     def delete_link(self, ifindex: int, name: str) -> None: ...
@@ -129,58 +131,68 @@ class Netlink:
 
     def __init__(self) -> None:
         self._ipr: Any = None
+        self._nl: Optional[NlSocket] = None
 
     @property
     def ipr(self) -> Any:
+        """pyroute2's IPRoute, for the requests NlSocket does not make."""
         if self._ipr is None:
-            from pyroute2 import IPRoute
+            lean_pyroute2()
+            from pyroute2.iproute.linux import IPRoute
 
             self._ipr = IPRoute()
         return self._ipr
+
+    @property
+    def nl(self) -> NlSocket:
+        if self._nl is None:
+            self._nl = NlSocket()
+        return self._nl
 
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
 
     def _do(self, what: str, fn: Callable[[], T]) -> T:
-        from pyroute2.netlink.exceptions import NetlinkError
-
         try:
             return fn()
-        except NetlinkError as e:
-            raise NetlinkFailure(what, int(e.code)) from None
+        except NlError as e:
+            raise NetlinkFailure(what, e.errno or errno.EIO) from None
+        except OSError:
+            raise
+        except Exception as e:  # pyroute2's NetlinkError (not imported unless IPRoute is)
+            code = getattr(e, "code", None)
+            if isinstance(code, int) and type(e).__name__ == "NetlinkError":
+                raise NetlinkFailure(what, code) from None
+            raise
 
     def dump(self) -> Dump:
-        links = [parse_link(m) for m in self._do("dump links", lambda: list(self.ipr.get_links()))]
-        addrs = [parse_addr(m) for m in self._do("dump addresses", lambda: list(self.ipr.get_addr()))]
+        links = [parse_link(m) for m in self._do("dump links", lambda: self.nl.dump("link"))]
+        addrs = [parse_addr(m) for m in self._do("dump addresses", lambda: self.nl.dump("addr"))]
         routes = []
         for family in (socket.AF_INET, socket.AF_INET6):
-            for m in self._do("dump routes", lambda f=family: list(self.ipr.get_routes(family=f))):  # type: ignore[misc]
+            for m in self._do("dump routes", lambda f=family: self.nl.dump("route", f)):  # type: ignore[misc]
                 r = parse_route(m)
                 if r is not None:
                     routes.append(r)
         return Dump(links, addrs, routes)
 
     def get_link(self, ifindex: int) -> Optional[Link]:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            msgs = list(self.ipr.get_links(ifindex))
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
-                return None
-            raise NetlinkFailure(f"read link {ifindex}", int(e.code)) from None
-        return parse_link(msgs[0]) if msgs else None
+        msg = self._do(f"read link {ifindex}", lambda: self.nl.get_link(ifindex))
+        return parse_link(msg) if msg is not None else None
 
     def addresses(self, ifindex: int) -> list[Address]:
         """The addresses on one link now."""
-        msgs = self._do(f"read the addresses of {ifindex}", lambda: list(self.ipr.get_addr(index=ifindex)))
+        msgs = self._do(f"read the addresses of {ifindex}", lambda: self.nl.dump("addr"))
         return [a for i, a in (parse_addr(m) for m in msgs) if i == ifindex]
 
     def lookup(self, name: str) -> Optional[int]:
-        found = self._do(f"look up {name}", lambda: self.ipr.link_lookup(ifname=name))
-        return int(found[0]) if found else None
+        links = self._do(f"look up {name}", lambda: self.nl.dump("link"))
+        return next((x.ifindex for x in map(parse_link, links) if x.name == name), None)
 
     # links
     def set(self, ifindex: int, what: str, **attrs: Any) -> None:
@@ -196,9 +208,6 @@ class Netlink:
         what = f"enslave {name} to {master_name}" if master else f"release {name}"
         self.set(ifindex, what, master=master)
 
-    def set_ifalias(self, ifindex: int, name: str, alias: str) -> None:
-        self.set(ifindex, f"set the alias of {name}", ifalias=alias)
-
     def add_altname(self, ifindex: int, name: str, altname: str) -> None:
         self._do(
             f"add altname {altname} to {name}",
@@ -213,11 +222,8 @@ class Netlink:
 
     def holder_of(self, name: str) -> Optional[Link]:
         """The link that has `name` as its name or one of its altnames."""
-        for m in self._do("dump links", lambda: list(self.ipr.get_links())):
-            link = parse_link(m)
-            if link.name == name or name in link.altnames:
-                return link
-        return None
+        links = self._do(f"look up {name}", lambda: self.nl.dump("link"))
+        return next((x for x in map(parse_link, links) if x.name == name or name in x.altnames), None)
 
     def delete_link(self, ifindex: int, name: str) -> None:
         self._do(f"delete {name}", lambda: self.ipr.link("del", index=ifindex))
@@ -256,7 +262,9 @@ class Netlink:
         return idx
 
     def set_bond(self, ifindex: int, what: str, **bond_attrs: Any) -> None:
-        self._do(what, lambda: self.ipr.link("set", index=ifindex, kind="bond", **bond_attrs))
+        """bond_active_slave / bond_primary: the switch path's requests,
+        without IPRoute."""
+        self._do(what, lambda: self.nl.set_bond(ifindex, **bond_attrs))
 
     # ingress from either path
     def redirect_unicast(self, member: int, member_name: str, master: int, master_name: str) -> None:
@@ -443,6 +451,7 @@ class LinkMonitor:
 
     def read(self, now_ns: Callable[[], int]) -> Batch:
         """Every event queued now; `lost` says when the kernel dropped some."""
+        lean_pyroute2()
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         out: list[LinkEvent] = []
