@@ -108,6 +108,12 @@ class TeamOptions:
 
 
 @dataclass(frozen=True)
+class MetricsOptions:
+    #: node_exporter textfile to write (atomically) on every change; "" = none
+    textfile: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     backend: str = "bond"
     naming: str = "kernel"
@@ -123,6 +129,7 @@ class Config:
     networkmanager: str = "auto"
     bond: BondOptions = field(default_factory=BondOptions)
     team: TeamOptions = field(default_factory=TeamOptions)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
     serials: tuple[StandbySerial, ...] = ()
     pairs: tuple[ExplicitPair, ...] = ()
     source: str = ""
@@ -375,6 +382,15 @@ def parse(text: str, source: str = "") -> Config:
     )
     t.done()
 
+    m = _Reader(root.take("metrics", dict, {}), "metrics", problems)
+    textfile = m.take("textfile", str, "")
+    if textfile and not (textfile.startswith("/") and textfile.endswith(".prom")):
+        # node_exporter's textfile collector reads *.prom files only
+        m.err("textfile", f"must be an absolute path ending in .prom, not {textfile!r}")
+        textfile = ""
+    m.done()
+    metrics = MetricsOptions(textfile=textfile)
+
     serials: list[tuple[int, StandbySerial]] = []
     raw_standbys = root.take("standby", list, [])
     for i, entry in enumerate(raw_standbys):
@@ -466,6 +482,7 @@ def parse(text: str, source: str = "") -> Config:
         networkmanager=networkmanager,
         bond=bond,
         team=team,
+        metrics=metrics,
         serials=tuple(st for _, st in serials),
         pairs=tuple(pr for _, pr in pairs),
         source=source,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, announce, processes
+from guestfail import __version__, announce, metrics, processes
 from guestfail import config as config_mod
 from guestfail import nm as nm_mod
 from guestfail import state as state_mod
@@ -141,6 +141,7 @@ class Daemon:
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
+        self.metrics = metrics.Textfile()  # [metrics] textfile, written with the state file
 
     def _make_backend(self, nl: Netlink) -> Any:
         if self.cfg.backend == "team":
@@ -915,6 +916,7 @@ class Daemon:
             write_atomic(self.state_dir / STATE_FILE, self.status())
         except OSError as e:
             log.warning("cannot write %s: %s", self.state_dir / STATE_FILE, e)
+        self.metrics.write(self.cfg.metrics.textfile, self.status())
         notify(f"STATUS={self._status_line()}")
 
 

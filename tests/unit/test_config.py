@@ -157,6 +157,9 @@ def test_full_config() -> None:
             "' '",
         ),
         ("pair = 3", "pair", "must be an array"),
+        ("[metrics]\ntextfile = 'guestfail.prom'", "metrics.textfile", "absolute path ending in .prom"),
+        ("[metrics]\ntextfile = '/var/lib/x.txt'", "metrics.textfile", "absolute path ending in .prom"),
+        ("[metrics]\ntextfle = '/x.prom'", "metrics.textfle", "unknown key (did you mean textfile?)"),
         ("[agent]\nbackend = ", "", "not valid TOML"),
     ],
 )
@@ -314,3 +317,9 @@ def test_a_table_that_is_not_a_table_and_a_bad_entry_do_not_hide_the_rest() -> N
     with pytest.raises(ConfigError) as info:
         parse("agent = 3\nstandby = [1]\n[bond]\nmiimon = 'x'\n", "g.toml")
     assert [e.key for e in info.value.errors] == ["agent", "bond.miimon", "standby[0]"]
+
+
+def test_metrics_textfile() -> None:
+    assert parse("").metrics.textfile == ""
+    cfg = parse('[metrics]\ntextfile = "/var/lib/prometheus/node-exporter/guestfail.prom"\n')
+    assert cfg.metrics.textfile == "/var/lib/prometheus/node-exporter/guestfail.prom"
