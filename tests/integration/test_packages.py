@@ -45,7 +45,10 @@ DEB_FILES = [
     "/usr/share/man/man8/guestfail.8.gz",
     "/usr/share/doc/guestfail/examples/guestfail.toml",
     "/usr/share/doc/guestfail/copyright",
+    "/usr/share/bash-completion/completions/guestfail",
+    "/usr/share/zsh/vendor-completions/_guestfail",
 ]
+
 
 # the packaged copy of each file in the tree
 SHIPPED = {
@@ -55,6 +58,8 @@ SHIPPED = {
     "packaging/dbus/io.github.guestfail1.conf": "io.github.guestfail1.conf",
     "packaging/cloud-init/cc_guestfail.py": "cc_guestfail.py",
     "packaging/examples/guestfail.toml": "guestfail.toml",
+    "packaging/completions/guestfail": "completions/guestfail",
+    "packaging/completions/_guestfail": "_guestfail",
 }
 
 # ---------------------------------------------------------------- versions (fast)
@@ -259,6 +264,9 @@ RPM_FILES = {
         "/usr/share/dbus-1/system.d/io.github.guestfail1.conf",
         r"/usr/share/man/man8/guestfail\.8(\.gz)?",
         "/usr/share/doc/guestfail/examples/guestfail.toml",
+        "/usr/share/bash-completion/completions/guestfail",
+        "/usr/share/zsh/site-functions/_guestfail",
+        "/usr/share/licenses/guestfail[^/]*/LICENSE",
     ],
     "guestfail-cloud-init": [
         "/usr/lib/python3.*/site-packages/cloudinit/config/cc_guestfail.py",
