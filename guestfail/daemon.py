@@ -921,9 +921,13 @@ class Daemon:
 
 
 def run(cfg: Config, **kw: Any) -> int:
+    return asyncio.run(_main(cfg, **kw))
+
+
+async def _main(cfg: Config, **kw: Any) -> int:
+    # The daemon is made inside the running loop: on Python 3.9 an
+    # asyncio.Event binds to the loop current when it is made, and one made
+    # before asyncio.run() belongs to another loop ("attached to a different
+    # loop" at the first wait).
     daemon = Daemon(cfg, **kw)
-    return asyncio.run(_main(daemon))
-
-
-async def _main(daemon: Daemon) -> int:
     return await daemon.run()

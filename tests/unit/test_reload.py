@@ -5,13 +5,25 @@ configuration as it was."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from guestfail import config
+from guestfail import daemon as daemon_mod
 from guestfail.daemon import Daemon
+
+
+def in_loop(fn: Callable[[], None]) -> None:
+    """The daemon lives in its event loop (its asyncio.Events bind to it on 3.9)."""
+
+    async def go() -> None:
+        fn()
+
+    asyncio.run(go())
 
 
 def daemon_with(path: Path, text: str) -> Daemon:
@@ -20,6 +32,10 @@ def daemon_with(path: Path, text: str) -> Daemon:
 
 
 def test_a_reload_reads_the_file_again_and_reconciles(tmp_path: Path) -> None:
+    in_loop(lambda: reload_applies(tmp_path))
+
+
+def reload_applies(tmp_path: Path) -> None:
     f = tmp_path / "guestfail.toml"
     d = daemon_with(f, f'[agent]\nstate_dir = "{tmp_path}"\n')
     try:
@@ -53,6 +69,10 @@ def test_a_reload_reads_the_file_again_and_reconciles(tmp_path: Path) -> None:
 def test_a_bad_or_restart_only_change_keeps_the_running_configuration(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str, logged: list[str]
 ) -> None:
+    in_loop(lambda: reload_keeps(tmp_path, caplog, change, logged))
+
+
+def reload_keeps(tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str, logged: list[str]) -> None:
     f = tmp_path / "guestfail.toml"
     d = daemon_with(f, f'[agent]\nstate_dir = "{tmp_path}"\n')
     try:
@@ -68,3 +88,27 @@ def test_a_bad_or_restart_only_change_keeps_the_running_configuration(
     finally:
         d._fast.shutdown()
         d._slow.shutdown()
+
+
+def test_run_makes_the_daemon_inside_its_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """daemon.run() (what `guestfail run` calls) on every Python: a daemon made
+    before asyncio.run() fails at its first wait on 3.9, where an Event binds
+    to the loop current when it is made.  Daemon.run's netlink and udev are
+    replaced by a stop and a wait on the daemon's own Event."""
+
+    async def stop_and_wait(self: Daemon) -> int:
+        asyncio.get_running_loop().call_soon(self.stop)
+        await self._stop.wait()
+        self._fast.shutdown()
+        self._slow.shutdown()
+        return 0
+
+    monkeypatch.setattr(Daemon, "run", stop_and_wait)
+    current = asyncio.new_event_loop()
+    asyncio.set_event_loop(current)  # a current loop, as at start-up on 3.9
+    try:
+        cfg = config.parse(f'[agent]\nstate_dir = "{tmp_path}"\n')
+        assert daemon_mod.run(cfg, use_udev=False, use_dbus=False) == 0
+    finally:
+        current.close()
+        asyncio.set_event_loop(None)
