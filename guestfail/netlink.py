@@ -2,8 +2,8 @@
 
 * `parse_link`, `parse_addr`, `parse_route`: pyroute2 messages -> model
   objects (pure; unit tests replay recorded dumps through them).
-* `Netlink`: dumps and changes, through pyroute2's `IPRoute` (0.7.2 as in
-  Debian 12, and 0.9.x).  pyroute2 0.9's synchronous IPRoute runs its own
+* `Netlink`: dumps and changes, through pyroute2's `IPRoute` (0.6.4 as in
+  Ubuntu 22.04, 0.7.2 as in Debian 12, and 0.9.x).  pyroute2 0.9's synchronous IPRoute runs its own
   event loop and must not be used inside a running one, so the daemon calls
   these methods from one worker thread (`guestfail.daemon`).
 * `LinkMonitor`: link events from a plain non-blocking netlink socket the
@@ -30,6 +30,10 @@ T = TypeVar("T")
 
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_DELADDR = 21
+RTM_DELQDISC = 37
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
 RTMGRP_LINK = 0x1
 NLMSG_HDR = struct.Struct("=LHHLL")
 NLMSG_ERROR = 2
@@ -227,13 +231,24 @@ class Netlink:
             self._ipr = IPRoute()
         return self._ipr
 
+    def _del(self, msg_type: int) -> Any:
+        """The "del" command.  pyroute2 0.6 sends deletions with
+        NLM_F_CREATE|NLM_F_EXCL, which newer kernels refuse (EOPNOTSUPP; this
+        host's 6.18 does); there a (type, flags) pair, which its link(),
+        addr() and tc() accept, sends the plain request later pyroute2 sends."""
+        if type(self.ipr).__module__.startswith("pr2modules."):  # pyroute2 0.6
+            return (msg_type, NLM_F_REQUEST | NLM_F_ACK)
+        return "del"
+
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
 
     def _do(self, what: str, fn: Callable[[], T]) -> T:
-        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2 import (
+            NetlinkError,
+        )  # (pyroute2 0.6 has two NetlinkError classes: this is the one raised)
 
         try:
             return fn()
@@ -252,7 +267,9 @@ class Netlink:
         return Dump(links, addrs, routes)
 
     def get_link(self, ifindex: int) -> Optional[Link]:
-        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2 import (
+            NetlinkError,
+        )  # (pyroute2 0.6 has two NetlinkError classes: this is the one raised)
 
         try:
             msgs = list(self.ipr.get_links(ifindex))
@@ -304,7 +321,7 @@ class Netlink:
         return None
 
     def delete_link(self, ifindex: int, name: str) -> None:
-        self._do(f"delete {name}", lambda: self.ipr.link("del", index=ifindex))
+        self._do(f"delete {name}", lambda: self.ipr.link(self._del(RTM_DELLINK), index=ifindex))
 
     # bonds
     def create_bond(
@@ -372,7 +389,7 @@ class Netlink:
         try:
             self._do(
                 f"remove guestfail's tc filter from {member_name}",
-                lambda: self.ipr.tc("del", "clsact", member),
+                lambda: self.ipr.tc(self._del(RTM_DELQDISC), "clsact", member),
             )
         except NetlinkFailure as e:
             if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
@@ -398,7 +415,9 @@ class Netlink:
         try:
             self._do(
                 f"remove {a.address}/{a.prefixlen} from {name}",
-                lambda: self.ipr.addr("del", index=ifindex, address=a.address, prefixlen=a.prefixlen),
+                lambda: self.ipr.addr(
+                    self._del(RTM_DELADDR), index=ifindex, address=a.address, prefixlen=a.prefixlen
+                ),
             )
         except NetlinkFailure as e:
             if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH):

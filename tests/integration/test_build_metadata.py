@@ -103,3 +103,23 @@ def test_pyproject_leaves_licence_version_and_packages_to_setup_cfg() -> None:
     assert not re.search(r"^license\s*=", text, re.MULTILINE)
     cfg = (REPO / "setup.cfg").read_text()
     assert "license = GPL-2.0-or-later" in cfg and "packages = guestfail" in cfg
+
+
+def test_the_minimum_versions_are_the_oldest_tested() -> None:
+    """pyproject.toml's minimums are exactly the versions .ci/test runs the
+    unit and netlink tests with (.ci/oldest-deps.txt)."""
+    text = (REPO / "pyproject.toml").read_text()
+    deps = re.search(r"^dependencies = \[(.*?)^\]", text, re.MULTILINE | re.DOTALL)
+    assert deps
+    minimums = dict(re.findall(r'^\s+"([\w.-]+)>=([\w.]+)[";]', deps.group(1), re.MULTILINE))
+    extras = dict(
+        re.findall(
+            r'"([\w.-]+)>=([\w.]+)"', text.split("[project.optional-dependencies]")[1].split("test = ")[0]
+        )
+    )
+    minimums.update(extras)
+    oldest = dict(
+        re.findall(r"^([\w.-]+)==([\w.]+)$", (REPO / ".ci" / "oldest-deps.txt").read_text(), re.MULTILINE)
+    )
+    assert {"pyroute2", "pyudev", "tenacity", "dbus-fast", "tomli", "prometheus-client"} <= set(minimums)
+    assert minimums == oldest
