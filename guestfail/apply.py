@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Callable, Optional, Protocol, TypeVar
+import os
+import signal
+from typing import Callable, ClassVar, Optional, Protocol, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from guestfail.config import Config
 from guestfail.model import Link
-from guestfail.netlink import Netlink, NetlinkFailure
+from guestfail.netlink import NetlinkFailure, Rtnl
 from guestfail.plan import (
+    AddAddresses,
     CreateMaster,
     DeleteMaster,
     Enslave,
@@ -61,6 +64,7 @@ class Backend(Protocol):
     """What differs between a bond and a team master."""
 
     kind: str
+    cfg: Config
 
     def create_master(self, step: CreateMaster) -> int: ...
 
@@ -78,6 +82,16 @@ class Backend(Protocol):
 
     def delete_master(self, master: int, master_name: str) -> None: ...
 
+    def adopt_master(self, master: Link, step: CreateMaster) -> None:
+        """Make an unmarked master left by a crash what `step` would have
+        created (its marker, and whatever else create_master does after the
+        device exists)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the backend holds (connections)."""
+        ...
+
 
 class BondBackend:
     """An active-backup bond, configured over netlink (sysfs where pyroute2
@@ -85,7 +99,7 @@ class BondBackend:
 
     kind = "bond"
 
-    def __init__(self, cfg: Config, netlink: Netlink, sysfs: Sysfs) -> None:
+    def __init__(self, cfg: Config, netlink: Rtnl, sysfs: Sysfs) -> None:
         self.cfg = cfg
         self.nl = netlink
         self.sysfs = sysfs
@@ -101,6 +115,10 @@ class BondBackend:
             num_peer_notif=opts.num_peer_notif,
             all_slaves_active=1 if opts.all_slaves_active == "on" else 0,
         )
+        self._finish(idx, step)
+        return idx
+
+    def _finish(self, idx: int, step: CreateMaster) -> None:
         self.nl.set_ifalias(idx, step.name, step.marker)
         # The first notification after a switch goes out at once; later ones
         # (num_peer_notif > 1) one per miimon tick.  0 = miimon's default.
@@ -108,7 +126,12 @@ class BondBackend:
             self.sysfs.set_bonding_option(step.name, "peer_notif_delay", "0")
         except OSError as e:  # kernels before 5.7 have no such option
             log.debug("peer_notif_delay not set on %s: %s", step.name, e)
-        return idx
+
+    def adopt_master(self, master: Link, step: CreateMaster) -> None:
+        self._finish(master.ifindex, step)
+
+    def close(self) -> None:
+        pass
 
     def enslave(self, link: int, name: str, master: int, master_name: str) -> None:
         self.nl.set_master(link, name, master, master_name)
@@ -134,12 +157,31 @@ class BondBackend:
         self.nl.delete_link(master, master_name)
 
 
+#: Fault injection for the crash tests, off unless the environment asks:
+#: GUESTFAIL_FAULT=kill-after-steps=N kills this process (SIGKILL, as the
+#: OOM killer or a power cut would) when N steps have run, right before the
+#: next one; N=0 is just after the journal was written.
+FAULT_ENV = "GUESTFAIL_FAULT"
+
+
+def fault_limit(environ: Optional[dict[str, str]] = None) -> Optional[int]:
+    value = (os.environ if environ is None else environ).get(FAULT_ENV, "")
+    key, _, n = value.partition("=")
+    if key == "kill-after-steps" and n.isdigit():
+        return int(n)
+    return None
+
+
 class Executor:
-    def __init__(self, netlink: Netlink, backend: Backend, ingress: bool = True) -> None:
+    #: steps run in this process's life, by every executor (the fault hook counts them)
+    steps_run: ClassVar[int] = 0
+
+    def __init__(self, netlink: Rtnl, backend: Backend, ingress: bool = True) -> None:
         self.nl = netlink
         self.backend = backend
         self.ingress = ingress
         self.links: dict[int, Link] = {}
+        self.kill_after = fault_limit()
 
     def run(
         self, plan: Plan, links: dict[int, Link], before_enslave: Optional[Callable[[int, str], None]] = None
@@ -182,12 +224,16 @@ class Executor:
 
         hook = before_enslave
         for step in steps:
+            if self.kill_after is not None and Executor.steps_run >= self.kill_after:
+                log.warning("%s: %s: killed before %s", label, FAULT_ENV, describe(step, known))
+                os.kill(os.getpid(), signal.SIGKILL)
             if hook is not None and isinstance(step, Enslave):
                 m = ref(step.master)
                 hook(m, name(m))
                 hook = None
             log.info("%s: %s", label, describe(step, known))
             retrying(lambda s=step: self._one(s, ref, name, names, masters))  # type: ignore[misc]
+            Executor.steps_run += 1
 
     def _reclaim(self, step: Rename) -> bool:
         """Take `step.name` back from a member that holds it as an altname."""
@@ -212,6 +258,18 @@ class Executor:
             # else holding the name is an error
             holder = self.nl.holder_of(step.name)
             if holder is not None and holder.kind == step.kind and holder.marker is not None:
+                idx = holder.ifindex
+            elif (
+                holder is not None
+                and step.adopt_unmarked
+                and holder.kind == step.kind
+                and not holder.ifalias
+                and holder.name == step.name
+            ):
+                # guestfail died between creating and marking it (the journal
+                # says so): it is ours, and there must not be a second one
+                log.info("%s: taking over the %s guestfail was creating", step.name, step.kind)
+                self.backend.adopt_master(holder, step)
                 idx = holder.ifindex
             else:
                 if holder is not None:
@@ -269,12 +327,24 @@ class Executor:
             self.backend.set_primary(m, name(m), s, name(s) if s else "")
         elif isinstance(step, MoveAddresses):
             src, dst = ref(step.src), ref(step.dst)
+            # addresses first: a route's gateway must be reachable on dst
             for a in step.addresses:
-                self.nl.add_address(dst, name(dst), a)
+                self.nl.add_address(dst, name(dst), a.relabelled(name(dst)))
             for r in step.routes:
-                self.nl.add_route(dst, name(dst), r)
+                if not r.nexthops:
+                    # a route with the same key out of src would make the
+                    # kernel refuse this one (EEXIST); a multipath route is
+                    # replaced as a whole
+                    self.nl.del_route(src, name(src), r)
+                self.nl.add_route(dst, name(dst), r.moved(src, dst))
             for a in step.addresses:
                 self.nl.del_address(src, name(src), a)
+        elif isinstance(step, AddAddresses):
+            i = ref(step.link)
+            for a in step.addresses:
+                self.nl.add_address(i, name(i), a.relabelled(name(i)))
+            for r in step.routes:
+                self.nl.add_route(i, name(i), r)
         elif isinstance(step, DeleteMaster):
             m = ref(step.master)
             # a redirect to a master that is gone would drop the member's frames
@@ -308,6 +378,9 @@ def describe(step: Step, name: Callable[[Ref], str]) -> str:
     if isinstance(step, MoveAddresses):
         addrs = ", ".join(f"{a.address}/{a.prefixlen}" for a in step.addresses) or "no addresses"
         return f"move {addrs} and {len(step.routes)} routes from {n(step.src)} to {n(step.dst)}"
+    if isinstance(step, AddAddresses):
+        addrs = ", ".join(f"{a.address}/{a.prefixlen}" for a in step.addresses) or "no addresses"
+        return f"put {addrs} and {len(step.routes)} routes back on {n(step.link)}"
     if isinstance(step, DeleteMaster):
         return f"delete {n(step.master)}"
     return repr(step)  # pragma: no cover

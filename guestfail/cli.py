@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from guestfail import __version__
 from guestfail import config as config_mod
-from guestfail.errors import Exit, GuestfailError, NotFound, SystemRefused, UsageError
+from guestfail.errors import Exit, GuestfailError, SystemRefused, UsageError
 
 log = logging.getLogger("guestfail")
 
@@ -174,12 +174,9 @@ def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """What the package runs on removal: the plain setup comes back."""
-    from guestfail import dbus_api, status
-    from guestfail.apply import BondBackend, Executor
-    from guestfail.discover import observe
-    from guestfail.match import is_ours
+    from guestfail import status
     from guestfail.netlink import Netlink
-    from guestfail.plan import plan_release
+    from guestfail.release import release
     from guestfail.state import STATE_FILE, read
     from guestfail.sysfs import Sysfs
 
@@ -187,27 +184,23 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         raise UsageError("name the pairs to release, or use --all")
     if not args.force:
         doc = read(Path(cfg.state_dir) / STATE_FILE) or {}
-        if dbus_api.call_status() is not None or status.pid_alive(doc.get("daemon", {}).get("pid")):
+        if status.pid_alive(doc.get("daemon", {}).get("pid")) or _daemon_on_bus():
             raise SystemRefused("the daemon is running and would pair again: stop guestfail.service first")
     nl = Netlink()
     try:
-        sysfs = Sysfs()
-        snap = observe(nl, sysfs, None)
-        masters = [x for x in snap.links.values() if is_ours(x)]
-        if args.pairs:
-            named = {x.name: x for x in masters}
-            missing = [p for p in args.pairs if p not in named]
-            if missing:
-                raise NotFound(f"no master guestfail built is called {missing[0]!r}")
-            masters = [named[p] for p in args.pairs]
-        executor = Executor(nl, BondBackend(cfg, nl, sysfs))
-        for m in masters:
-            executor.run_steps(m.name, plan_release(m, snap), snap.links)
-            print(f"released {m.name}")
+        released = release(cfg, nl, Sysfs(), None if args.all else list(args.pairs))
     finally:
         nl.close()
-    _forget_nm_profiles({m.name for m in masters})
+    _forget_nm_profiles(set(released))
     return Exit.OK
+
+
+def _daemon_on_bus() -> bool:
+    try:
+        from guestfail import dbus_api
+    except ImportError:  # no D-Bus library: no daemon on the bus either
+        return False
+    return dbus_api.call_status() is not None
 
 
 def _forget_nm_profiles(masters: set[str]) -> None:

@@ -127,6 +127,9 @@ class Config:
     announce: bool = True
     ingress: str = "unicast"
     networkmanager: str = "auto"
+    # seconds a drained VF (prepare-unplug) may stay before the drain is
+    # undone; 0: never
+    drain_timeout: int = 120
     bond: BondOptions = field(default_factory=BondOptions)
     team: TeamOptions = field(default_factory=TeamOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
@@ -360,6 +363,7 @@ def parse(text: str, source: str = "") -> Config:
     announce = agent.take("announce", bool, True)
     ingress = agent.choice("ingress", INGRESS, "unicast")
     networkmanager = agent.choice("networkmanager", ("auto", "off"), "auto")
+    drain_timeout = agent.int_range("drain_timeout", 0, 86400, 120)
     if not state_dir.startswith("/"):
         problems.add("agent.state_dir", "must be an absolute path")
     agent.done()
@@ -480,6 +484,7 @@ def parse(text: str, source: str = "") -> Config:
         announce=announce,
         ingress=ingress,
         networkmanager=networkmanager,
+        drain_timeout=drain_timeout,
         bond=bond,
         team=team,
         metrics=metrics,
@@ -489,18 +494,29 @@ def parse(text: str, source: str = "") -> Config:
     )
 
 
+#: standby names a template is tried with: short, the longest possible, not ASCII
+_TEMPLATE_SAMPLES = (("eth0", 0), ("enp0s20f0u1u2c3", 99), ("ünï", 1023))
+
+
 def _check_template(template: str, key: str, problems: _Problems) -> bool:
-    try:
-        sample = template.format(n=99, standby="eth0")
-    except (KeyError, IndexError, ValueError) as e:
-        problems.add(key, f"bad template (placeholders are {{n}} and {{standby}}): {e}")
-        return False
-    if "{n}" not in template and "{standby}" not in template:
+    """The template must give a valid name for any standby.  With a short
+    standby name the name must fit as it is; longer ones are cut by the
+    naming rule (guestfail.naming.fit), so for those only the characters
+    count.  Everything else is a problem now, not at pairing time."""
+    for i, (standby, n) in enumerate(_TEMPLATE_SAMPLES):
+        try:
+            sample = template.format(n=n, standby=standby)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            problems.add(key, f"bad template (placeholders are {{n}} and {{standby}}): {e}")
+            return False
+        problem = ifname_problem(sample)
+        if i > 0 and problem is not None and problem.startswith("is ") and "bytes long" in problem:
+            problem = None  # cut to 15 bytes when used
+        if problem:
+            problems.add(key, f"gives {sample!r} for a standby named {standby!r}, which {problem}")
+            return False
+    if "{n" not in template and "{standby" not in template:
         problems.add(key, "needs {n} or {standby} so that masters get different names")
-        return False
-    problem = ifname_problem(sample)
-    if problem:
-        problems.add(key, f"gives names like {sample!r}, which {problem}")
         return False
     return True
 

@@ -24,8 +24,11 @@ def assemble(dump: Dump, sysfs: Sysfs, udev: Optional[UdevReader] = None) -> Sna
     for idx, a in dump.addresses:
         addrs.setdefault(idx, []).append(a)
     links: dict[int, Link] = {}
+    unstable: list[int] = []
     for nl in dump.links:
-        dev = sysfs.device_info(nl.name)
+        dev = sysfs.device_info(nl.name, nl.ifindex)
+        if dev.stale:
+            unstable.append(nl.ifindex)
         fields: dict[str, object] = {
             "driver": dev.driver,
             "bus": dev.bus,
@@ -40,8 +43,8 @@ def assemble(dump: Dump, sysfs: Sysfs, udev: Optional[UdevReader] = None) -> Sna
             fields["udev_initialized"] = info.initialized
             fields["udev"] = info.properties
         links[nl.ifindex] = dataclasses.replace(nl, **fields)  # type: ignore[arg-type]
-    routes = tuple((oif, r) for oif, r in dump.routes if oif in links and movable_route(r))
-    return Snapshot(links=links, routes=routes)
+    routes = tuple((oif, r) for oif, r in dump.routes if (oif in links or r.nexthops) and movable_route(r))
+    return Snapshot(links=links, routes=routes, unstable=tuple(unstable))
 
 
 def observe(netlink: Netlink, sysfs: Sysfs, udev: Optional[Udev]) -> Snapshot:

@@ -86,9 +86,26 @@ def is_ours(link: Optional[Link]) -> bool:
     return link is not None and link.kind in ("bond", "team") and link.marker is not None
 
 
-def _ignored(link: Link, cfg: Config) -> bool:
+def _ignored(link: Link, cfg: Config, orig_name: Optional[str] = None) -> bool:
+    """Listed in agent.ignore by name (a renamed standby's own name too),
+    MAC or PCI address."""
     keys = {link.name, link.hw_mac, link.mac, link.pci_address, *link.altnames}
+    if orig_name:
+        keys.add(orig_name)
     return any(i in keys for i in cfg.ignore)
+
+
+def _original_names(snap: Snapshot) -> dict[int, str]:
+    """Standbys guestfail renamed -> their own names (in their master's marker)."""
+    out: dict[int, str] = {}
+    for link in snap.links.values():
+        m = snap.get(link.master)
+        if m is not None and is_ours(m):
+            name = (m.marker or {}).get("name")
+            key = (m.marker or {}).get("key")
+            if name and key == standby_key(link):
+                out[link.ifindex] = name
+    return out
 
 
 def kernel_managed(snap: Snapshot) -> list[KernelManaged]:
@@ -160,6 +177,19 @@ def _names(ids: list[Link]) -> str:
     return ", ".join(x.name for x in ids)
 
 
+def _built_pair(snap: Snapshot, sbys: list[Link], prims: list[Link]) -> Optional[tuple[Link, Link]]:
+    """Among these candidates, a standby and a primary that are both members
+    of the master guestfail built for that standby."""
+    for sby in sbys:
+        master = snap.get(sby.master)
+        if master is None or not is_ours(master):
+            continue
+        for prim in prims:
+            if prim.master == master.ifindex:
+                return sby, prim
+    return None
+
+
 def match(cfg: Config, snap: Snapshot) -> MatchResult:
     res = MatchResult()
     res.kernel_managed = kernel_managed(snap)
@@ -167,15 +197,19 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
     for km in res.kernel_managed:
         kernel_owned.update(km.members)
 
+    orig = _original_names(snap)
     standbys: list[Link] = []
     primaries: list[Link] = []
     for link in sorted(snap.links.values(), key=lambda x: x.ifindex):
         if link.ifindex in kernel_owned:
             continue
+        if link.ifindex in snap.unstable:
+            res.ignored.append((link.ifindex, "renamed while it was read: looked at again"))
+            continue
         role, _ = classify(link, cfg, snap)
         if role is None:
             continue
-        if _ignored(link, cfg):
+        if _ignored(link, cfg, orig.get(link.ifindex) if role == "standby" else None):
             res.ignored.append((link.ifindex, "listed in agent.ignore"))
             continue
         master = snap.get(link.master)
@@ -187,13 +221,6 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
             continue
         (standbys if role == "standby" else primaries).append(link)
 
-    orig: dict[int, str] = {}
-    for sby in standbys:
-        m = snap.get(sby.master)
-        if m is not None and is_ours(m):
-            name = (m.marker or {}).get("name")
-            if name:
-                orig[sby.ifindex] = name
     claimed_sby: dict[int, tuple[int, str]] = {}  # standby -> (primary, rule)
     decided: dict[int, Pairing] = {}  # primary -> pairing
     refused: set[int] = set()
@@ -300,14 +327,22 @@ def match(cfg: Config, snap: Snapshot) -> MatchResult:
                 for p in prims:
                     res.unpaired.append(Unpaired(p.ifindex, "primary", f"no standby has MAC {mac}"))
                 continue
-            if len(sbys) > 1:
+            # a pair guestfail already built with this MAC stays as it is: a
+            # newcomer with the same MAC is refused, not the working pair
+            built = _built_pair(snap, sbys, prims)
+            if built is not None:
+                sby, prim = built
+                others = [p for p in prims if p.ifindex != prim.ifindex]
+                if others:
+                    refuse(others, f"MAC {mac} is already paired: {sby.name} with {prim.name}")
+            elif len(sbys) > 1:
                 refuse(prims, f"MAC {mac} belongs to {len(sbys)} standbys ({_names(sbys)})")
                 continue
-            sby = sbys[0]
-            if len(prims) > 1:
+            elif len(prims) > 1:
                 refuse(prims, f"MAC {mac} belongs to {len(prims)} primaries ({_names(prims)})")
                 continue
-            prim = prims[0]
+            else:
+                sby, prim = sbys[0], prims[0]
             if sby.ifindex in explicit_sby and sby.ifindex not in claimed_sby:
                 refuse([prim], f"{sby.name} is reserved by pair {explicit_sby[sby.ifindex].label!r}")
                 continue

@@ -48,22 +48,38 @@ def primary_name(base: str) -> str:
     return with_suffix(base, PRIMARY_SUFFIX)
 
 
+def fit(name: str) -> str:
+    """`name` if it is short enough, else cut by the documented rule: its
+    first 11 bytes and four hex digits of the CRC-32 of the whole name."""
+    return with_suffix(name, "")
+
+
 def master_from_template(template: str, standby: str, taken: Iterable[str]) -> str:
-    """The first name the template gives (n = 0, 1, ...) that is free."""
+    """The first name the template gives (n = 0, 1, ...) that is free, cut to
+    15 bytes by the documented rule where it is longer.  ValueError when the
+    template gives no usable name (checked at config load for its
+    characters; here only when every name is taken)."""
     used = set(taken)
     for n in range(1024):
-        name = template.format(n=n, standby=standby)
+        name = fit(template.format(n=n, standby=standby))
         if ifname_problem(name) is None and name not in used:
             return name
-        if "{n}" not in template:
+        if "{n" not in template:
             break
-    raise ValueError(f"no free master name from template {template!r}")
+    raise ValueError(f"no free master name from template {template!r} for {standby}")
+
+
+TEMP_PREFIX = "gftmp"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name[len(TEMP_PREFIX) :].isdigit()
 
 
 def temp_name(ifindex: int) -> str:
     """Name of a master while it is being set up (before it takes the
     standby's name); unique because the standby's ifindex is."""
-    return f"gftmp{ifindex}"[:MAX]
+    return f"{TEMP_PREFIX}{ifindex}"[:MAX]
 
 
 def check_free(name: str, owner: Optional[int], names_by_index: dict[int, set[str]]) -> Optional[int]:

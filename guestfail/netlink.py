@@ -8,8 +8,8 @@
   these methods from one worker thread (`guestfail.daemon`).
 * `LinkMonitor`: link events from a plain non-blocking netlink socket the
   daemon's event loop watches; messages are decoded with pyroute2's parser.
-  A full socket buffer (ENOBUFS) means events were lost: `EventsLost` tells the
-  daemon to resync.
+  A full socket buffer (ENOBUFS) means events were lost: the batch says so,
+  after the events read before it, and the daemon resyncs.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from guestfail.errors import SystemRefused
-from guestfail.model import ARPHRD_ETHER, Address, BondState, Link, Route
+from guestfail.model import ARPHRD_ETHER, Address, BondState, Link, NextHop, Route
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,6 +31,7 @@ T = TypeVar("T")
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_DELADDR = 21
+RTM_DELROUTE = 25
 RTM_DELQDISC = 37
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -61,6 +62,16 @@ BOND_PRI_RESELECT_ALWAYS = 0
 #: route protocols guestfail moves with the addresses (not the kernel's own)
 _KERNEL_PROTO = 2
 _LOCAL_TABLE = 255
+#: IFA_CACHEINFO's "forever"
+FOREVER = 0xFFFFFFFF
+#: rtm_flags a route keeps when it moves: RTNH_F_ONLINK (the kernel's own
+#: RTM_F_* bits in a dump are not request flags)
+RTNH_F_ONLINK = 0x4
+ROUTE_FLAGS_KEPT = RTNH_F_ONLINK
+#: IFA_F_NODAD | IFA_F_HOMEADDRESS | IFA_F_MANAGETEMPADDR | IFA_F_NOPREFIXROUTE
+#: | IFA_F_MCAUTOJOIN: what an address was added with; IFA_F_PERMANENT is
+#: implied by a request without lifetimes
+ADDRESS_FLAGS_SETTABLE = 0x02 | 0x10 | 0x100 | 0x200 | 0x400
 
 
 class NetlinkFailure(SystemRefused):
@@ -71,10 +82,6 @@ class NetlinkFailure(SystemRefused):
         self.code = code
         name = errno.errorcode.get(code, str(code))
         super().__init__(f"{what}: {os.strerror(code)} ({name})")
-
-
-class EventsLost(Exception):
-    """The kernel dropped events for this socket (ENOBUFS): resync."""
 
 
 # ------------------------------------------------------------------ parsing
@@ -166,28 +173,63 @@ def parse_addr(msg: Any) -> tuple[int, Address]:
     if cache is not None:
         v = int(cache["ifa_valid"])
         p = int(cache["ifa_preferred"])
-        valid = None if v == 0xFFFFFFFF else v
-        pref = None if p == 0xFFFFFFFF else p
+        valid = None if v == FOREVER else v
+        pref = None if p == FOREVER else p
     flags = _attr(msg, "IFA_FLAGS")
-    address = _attr(msg, "IFA_LOCAL") if msg["family"] == socket.AF_INET else None
+    family = int(msg["family"])
+    local = _attr(msg, "IFA_LOCAL") if family == socket.AF_INET else None
+    address = _attr(msg, "IFA_ADDRESS")
+    peer = str(address) if local is not None and address is not None and address != local else ""
     return int(msg["index"]), Address(
-        family=int(msg["family"]),
-        address=str(address or _attr(msg, "IFA_ADDRESS")),
+        family=family,
+        address=str(local or address),
         prefixlen=int(msg["prefixlen"]),
         scope=int(msg["scope"]),
         flags=int(flags) if flags is not None else int(msg["flags"]),
         valid_lft=valid,
         preferred_lft=pref,
         label=str(_attr(msg, "IFA_LABEL") or ""),
+        broadcast=str(_attr(msg, "IFA_BROADCAST") or ""),
+        peer=peer,
+    )
+
+
+def _metrics(msg: Any) -> tuple[tuple[str, int], ...]:
+    m = _attr(msg, "RTA_METRICS")
+    if m is None:
+        return ()
+    out = []
+    for name, value in m.get("attrs", []):
+        if name.startswith("RTAX_") and isinstance(value, int):
+            out.append((name[5:].lower(), int(value)))
+    return tuple(sorted(out))
+
+
+def _nexthops(msg: Any) -> tuple[NextHop, ...]:
+    mp = _attr(msg, "RTA_MULTIPATH")
+    if not mp:
+        return ()
+    return tuple(
+        NextHop(
+            oif=int(h["oif"]),
+            gateway=str(_attr(h, "RTA_GATEWAY") or ""),
+            hops=int(h["hops"]),
+            flags=int(h["flags"]),
+        )
+        for h in mp
     )
 
 
 def parse_route(msg: Any) -> Optional[tuple[int, Route]]:
+    """A route and its output interface (0 for a multipath route, whose
+    paths carry their own); None for routes with neither."""
     oif = _attr(msg, "RTA_OIF")
-    if oif is None:
+    hops = _nexthops(msg)
+    if oif is None and not hops:
         return None
     table = _attr(msg, "RTA_TABLE") or msg["table"]
-    return int(oif), Route(
+    pref = _attr(msg, "RTA_PREF")
+    return int(oif or 0), Route(
         family=int(msg["family"]),
         dst=str(_attr(msg, "RTA_DST") or ""),
         dst_len=int(msg["dst_len"]),
@@ -198,6 +240,10 @@ def parse_route(msg: Any) -> Optional[tuple[int, Route]]:
         scope=int(msg["scope"]),
         type=int(msg["type"]),
         prefsrc=str(_attr(msg, "RTA_PREFSRC") or ""),
+        flags=int(msg["flags"]) & ROUTE_FLAGS_KEPT,
+        metrics=_metrics(msg),
+        pref=int(pref) if pref is not None else None,
+        nexthops=hops,
     )
 
 
@@ -217,6 +263,44 @@ class Dump:
     routes: list[tuple[int, Route]]
 
 
+class Rtnl(Protocol):
+    """The rtnetlink requests guestfail makes (what `Netlink` does against
+    the kernel; unit tests give an in-memory kernel with the same methods)."""
+
+    def dump(self) -> Dump: ...
+    def get_link(self, ifindex: int) -> Optional[Link]: ...
+    def addresses(self, ifindex: int) -> list[Address]: ...
+    def lookup(self, name: str) -> Optional[int]: ...
+    def holder_of(self, name: str) -> Optional[Link]: ...
+    def close(self) -> None: ...
+    def set(self, ifindex: int, what: str, **attrs: Any) -> None: ...
+    def set_name(self, ifindex: int, old: str, name: str) -> None: ...
+    def set_state(self, ifindex: int, name: str, up: bool) -> None: ...
+    def set_master(self, ifindex: int, name: str, master: int, master_name: str) -> None: ...
+    def set_ifalias(self, ifindex: int, name: str, alias: str) -> None: ...
+    def add_altname(self, ifindex: int, name: str, altname: str) -> None: ...
+    def del_altname(self, ifindex: int, name: str, altname: str) -> None: ...
+    def delete_link(self, ifindex: int, name: str) -> None: ...
+    def create_bond(
+        self,
+        name: str,
+        mac: str,
+        mtu: int,
+        *,
+        miimon: int,
+        fail_over_mac: int,
+        num_peer_notif: int,
+        all_slaves_active: int,
+    ) -> int: ...
+    def set_bond(self, ifindex: int, what: str, **bond_attrs: Any) -> None: ...
+    def redirect_unicast(self, member: int, member_name: str, master: int, master_name: str) -> None: ...
+    def clear_redirect(self, member: int, member_name: str) -> None: ...
+    def add_address(self, ifindex: int, name: str, a: Address) -> None: ...
+    def del_address(self, ifindex: int, name: str, a: Address) -> None: ...
+    def add_route(self, oif: int, name: str, r: Route) -> None: ...
+    def del_route(self, oif: int, name: str, r: Route) -> None: ...
+
+
 class Netlink:
     """Synchronous rtnetlink requests.  Not thread-safe: one thread uses it."""
 
@@ -231,12 +315,17 @@ class Netlink:
             self._ipr = IPRoute()
         return self._ipr
 
+    @property
+    def _pyroute2_06(self) -> bool:
+        return type(self.ipr).__module__.startswith("pr2modules.")
+
     def _del(self, msg_type: int) -> Any:
         """The "del" command.  pyroute2 0.6 sends deletions with
         NLM_F_CREATE|NLM_F_EXCL, which newer kernels refuse (EOPNOTSUPP; this
         host's 6.18 does); there a (type, flags) pair, which its link(),
-        addr() and tc() accept, sends the plain request later pyroute2 sends."""
-        if type(self.ipr).__module__.startswith("pr2modules."):  # pyroute2 0.6
+        addr(), route() and tc() accept, sends the plain request later
+        pyroute2 sends."""
+        if self._pyroute2_06:
             return (msg_type, NLM_F_REQUEST | NLM_F_ACK)
         return "del"
 
@@ -278,6 +367,11 @@ class Netlink:
                 return None
             raise NetlinkFailure(f"read link {ifindex}", int(e.code)) from None
         return parse_link(msgs[0]) if msgs else None
+
+    def addresses(self, ifindex: int) -> list[Address]:
+        """The addresses on one link now."""
+        msgs = self._do(f"read the addresses of {ifindex}", lambda: list(self.ipr.get_addr(index=ifindex)))
+        return [a for i, a in (parse_addr(m) for m in msgs) if i == ifindex]
 
     def lookup(self, name: str) -> Optional[int]:
         found = self._do(f"look up {name}", lambda: self.ipr.link_lookup(ifname=name))
@@ -397,14 +491,32 @@ class Netlink:
 
     # addresses and routes
     def add_address(self, ifindex: int, name: str, a: Address) -> None:
-        kw: dict[str, Any] = {"index": ifindex, "address": a.address, "prefixlen": a.prefixlen}
+        """Put `a` on the link as it was: flags, lifetimes, broadcast, peer,
+        label.  Already there: no error."""
+        kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
+        if a.family == socket.AF_INET:
+            kw["local"] = a.address
+            kw["address"] = a.peer or a.address
+            if a.broadcast:
+                kw["broadcast"] = a.broadcast
+            if a.label:
+                kw["label"] = a.label
+        else:
+            kw["address"] = a.address
+        # IFA_F_* bits a request may carry (the rest are the kernel's state:
+        # tentative, deprecated, dadfailed...)
+        request_flags = a.flags & ADDRESS_FLAGS_SETTABLE
+        if request_flags:
+            kw["flags"] = request_flags
         if a.valid_lft is not None or a.preferred_lft is not None:
-            kw["IFA_CACHEINFO"] = {
-                "ifa_valid": a.valid_lft if a.valid_lft is not None else 0xFFFFFFFF,
-                "ifa_preferred": a.preferred_lft if a.preferred_lft is not None else 0xFFFFFFFF,
-                "cstamp": 0,
-                "tstamp": 0,
-            }
+            valid = a.valid_lft if a.valid_lft is not None else FOREVER
+            pref = a.preferred_lft if a.preferred_lft is not None else FOREVER
+            # pyroute2 0.7 reads the lifetimes from this dict, 0.9 from the
+            # request's own keys: give both
+            kw["preferred"] = pref
+            kw["valid"] = valid
+            if not self._pyroute2_06:  # 0.6 reads these keys; this dict beside them is EINVAL there
+                kw["cacheinfo"] = {"preferred": pref, "valid": valid, "cstamp": 0, "tstamp": 0}
         try:
             self._do(f"add {a.address}/{a.prefixlen} to {name}", lambda: self.ipr.addr("add", **kw))
         except NetlinkFailure as e:
@@ -412,36 +524,83 @@ class Netlink:
                 raise
 
     def del_address(self, ifindex: int, name: str, a: Address) -> None:
+        kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
+        if a.family == socket.AF_INET:
+            kw["local"] = a.address
+            kw["address"] = a.peer or a.address
+        else:
+            kw["address"] = a.address
         try:
             self._do(
                 f"remove {a.address}/{a.prefixlen} from {name}",
-                lambda: self.ipr.addr(
-                    self._del(RTM_DELADDR), index=ifindex, address=a.address, prefixlen=a.prefixlen
-                ),
+                lambda: self.ipr.addr(self._del(RTM_DELADDR), **kw),
             )
         except NetlinkFailure as e:
             if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH):
                 raise
 
+    def del_route(self, oif: int, name: str, r: Route) -> None:
+        """Remove `r` as it goes out of `oif`; already gone: no error."""
+        kw: dict[str, Any] = {"family": r.family, "dst_len": r.dst_len, "table": r.table}
+        if r.dst:
+            kw["dst"] = r.dst
+        if r.priority:
+            kw["priority"] = r.priority
+        if not r.nexthops:
+            kw["oif"] = oif
+            if r.gateway:
+                kw["gateway"] = r.gateway
+        try:
+            self._do(
+                f"remove route {r.dst or 'default'} via {name}",
+                lambda: self.ipr.route(self._del(RTM_DELROUTE), **kw),
+            )
+        except NetlinkFailure as e:
+            if e.code not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
+                raise
+
     def add_route(self, oif: int, name: str, r: Route) -> None:
+        """Add `r` out of `oif` (a multipath route keeps its own paths: the
+        caller moves them, see Route.moved).  Already there: no error."""
         kw: dict[str, Any] = {
             "family": r.family,
             "dst_len": r.dst_len,
-            "oif": oif,
             "table": r.table,
             "proto": r.protocol,
             "scope": r.scope,
+            "type": r.type,
         }
+        if r.nexthops:
+            hops = []
+            for h in r.nexthops:
+                hop: dict[str, Any] = {"oif": h.oif, "hops": h.hops}
+                if h.gateway:
+                    hop["gateway"] = h.gateway
+                if h.flags & ROUTE_FLAGS_KEPT:
+                    hop["flags"] = h.flags & ROUTE_FLAGS_KEPT
+                hops.append(hop)
+            kw["multipath"] = hops
+        else:
+            kw["oif"] = oif
+            if r.gateway:
+                kw["gateway"] = r.gateway
         if r.dst:
             kw["dst"] = r.dst
-        if r.gateway:
-            kw["gateway"] = r.gateway
         if r.priority:
             kw["priority"] = r.priority
         if r.prefsrc:
             kw["prefsrc"] = r.prefsrc
+        if r.flags & ROUTE_FLAGS_KEPT:
+            kw["flags"] = r.flags & ROUTE_FLAGS_KEPT
+        if r.metrics:
+            kw["metrics"] = dict(r.metrics)
+        if r.pref is not None:
+            kw["pref"] = r.pref
+        # a multipath route that lost a path (the standby went down) is still
+        # there with the other paths: replace it with all of them
+        command = "replace" if r.nexthops else "add"
         try:
-            self._do(f"add route {r.dst or 'default'} via {name}", lambda: self.ipr.route("add", **kw))
+            self._do(f"add route {r.dst or 'default'} via {name}", lambda: self.ipr.route(command, **kw))
         except NetlinkFailure as e:
             if e.code != errno.EEXIST:
                 raise
@@ -455,6 +614,16 @@ class LinkEvent:
     deleted: bool
     link: Link
     t_ns: int  # when the daemon read it (CLOCK_MONOTONIC)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one read gave: the events, in order, and whether the kernel
+    dropped some after them (then a resync must follow; the events read
+    before the overrun are still good and are handled first)."""
+
+    events: list[LinkEvent]
+    lost: str = ""
 
 
 class LinkMonitor:
@@ -474,19 +643,23 @@ class LinkMonitor:
     def close(self) -> None:
         self.sock.close()
 
-    def read(self, now_ns: Callable[[], int]) -> list[LinkEvent]:
-        """Every event queued now; raises EventsLost after an overrun."""
+    def read(self, now_ns: Callable[[], int]) -> Batch:
+        """Every event queued now; `lost` says when the kernel dropped some."""
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         out: list[LinkEvent] = []
+        lost = ""
         while True:
             try:
                 data = self.sock.recv(1 << 16)
             except BlockingIOError:
-                return out
+                return Batch(out, lost)
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    raise EventsLost("netlink socket overrun") from None
+                    # the kernel reports the overrun once, then gives what it
+                    # did queue: read on
+                    lost = "netlink socket overrun"
+                    continue
                 raise
             t = now_ns()
             for typ, chunk in split_messages(data):
@@ -495,7 +668,7 @@ class LinkMonitor:
                     msg.decode()
                     out.append(LinkEvent(typ == RTM_DELLINK, parse_link(msg), t))
                 elif typ == NLMSG_OVERRUN:
-                    raise EventsLost("netlink overrun message")
+                    lost = "netlink overrun message"
 
 
 def split_messages(data: bytes) -> list[tuple[int, bytes]]:

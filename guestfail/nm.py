@@ -74,6 +74,33 @@ def _variant(sig: str, value: Any) -> Any:
     return Variant(sig, value)
 
 
+def settings_to_json(value: Any) -> Any:
+    """NetworkManager settings (a{sa{sv}} with dbus-fast Variants, nested)
+    as JSON, for the journal (pure)."""
+    if hasattr(value, "signature") and hasattr(value, "value"):
+        return {"$variant": value.signature, "value": settings_to_json(value.value)}
+    if isinstance(value, dict):
+        return {str(k): settings_to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [settings_to_json(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return {"$bytes": bytes(value).hex()}
+    return value
+
+
+def settings_from_json(value: Any) -> Any:
+    """The inverse of settings_to_json (pure)."""
+    if isinstance(value, dict):
+        if "$variant" in value:
+            return _variant(str(value["$variant"]), settings_from_json(value["value"]))
+        if "$bytes" in value:
+            return bytes.fromhex(str(value["$bytes"]))
+        return {k: settings_from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [settings_from_json(v) for v in value]
+    return value
+
+
 def profile_id(master: str) -> str:
     return f"{PROFILE_PREFIX}{master}"
 

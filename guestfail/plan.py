@@ -12,11 +12,13 @@ yet; the executor resolves names when it runs the step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from guestfail import naming
 from guestfail.config import Config
+from guestfail.journal import Entry, movable
 from guestfail.match import Pairing, is_ours, standby_key
 from guestfail.model import Address, Link, Route, Snapshot, make_marker, parse_marker
 
@@ -64,6 +66,9 @@ class CreateMaster:
     fail_over_mac: int = 0
     # members that may hold `name` as an altname (see Rename)
     reclaim_from: tuple[int, ...] = ()
+    # the journal says guestfail was creating this master when it died: an
+    # unmarked device of this kind and name is its own, taken over and marked
+    adopt_unmarked: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,11 +117,32 @@ class MoveAddresses:
 
 
 @dataclass(frozen=True)
+class AddAddresses:
+    """Put addresses and routes (from the journal) on a link: what a crash
+    took from it."""
+
+    link: Ref
+    addresses: tuple[Address, ...]
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
 class DeleteMaster:
     master: Ref
 
 
-Step = Union[CreateMaster, SetDown, SetUp, Rename, Enslave, Release, SetPrimary, MoveAddresses, DeleteMaster]
+Step = Union[
+    CreateMaster,
+    SetDown,
+    SetUp,
+    Rename,
+    Enslave,
+    Release,
+    SetPrimary,
+    MoveAddresses,
+    AddAddresses,
+    DeleteMaster,
+]
 
 
 @dataclass
@@ -150,18 +176,24 @@ def master_of(key: str, standby: int, snap: Snapshot) -> Optional[Link]:
 
 
 def spec_for(
-    cfg: Config, pairing: Pairing, snap: Snapshot, known_names: Optional[dict[str, str]] = None
+    cfg: Config,
+    pairing: Pairing,
+    snap: Snapshot,
+    known_names: Optional[dict[str, str]] = None,
+    reserved: Iterable[str] = (),
 ) -> PairSpec:
     """What the pair should look like.  `known_names`: the standbys' names
     from before guestfail renamed them, by pair key, as the daemon recorded
-    them (the master's marker says the same once there is a master)."""
+    them (the master's marker says the same once there is a master).
+    `reserved`: names other pairs of the same pass are about to take.
+    PlanRefused when no name can be found."""
     sby = snap.links[pairing.standby]
     prim = snap.get(pairing.primary)
     master = master_of(pairing.key, pairing.standby, snap)
     marker = (master.marker if master else None) or {}
     orig = marker.get("name") or (known_names or {}).get(pairing.key) or sby.name
     ep = pairing.explicit
-    taken = snap.names()
+    taken = snap.names() | set(reserved)
     if ep is not None and ep.master:
         master_name = ep.master
         kernel_naming = False
@@ -170,10 +202,16 @@ def spec_for(
         kernel_naming = True
     else:
         kernel_naming = False
-        if master is not None:
+        if master is not None and not naming.is_temp_name(master.name):
             master_name = master.name
         else:
-            master_name = naming.master_from_template(cfg.master_name, orig, taken)
+            # a master still under its temporary name (an earlier pass could
+            # not rename it) gets a name from the template again
+            own = {master.name, *master.altnames} if master is not None else set()
+            try:
+                master_name = naming.master_from_template(cfg.master_name, orig, taken - own)
+            except ValueError as e:
+                raise PlanRefused(str(e)) from None
     sby_name = naming.standby_name(orig) if kernel_naming else sby.name
     prim_name = prim_alt = None
     if prim is not None:
@@ -233,10 +271,29 @@ def _check_names(spec: PairSpec, snap: Snapshot, master: Optional[Link]) -> None
 # ------------------------------------------------------------------ plan
 
 
-def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False) -> Plan:
+def _on(link: Link, addresses: tuple[Address, ...]) -> set[tuple[int, str, int]]:
+    have = {a.key for a in link.addresses}
+    return {a.key for a in addresses} & have
+
+
+def _missing_routes(routes: tuple[Route, ...], target: int, snap: Snapshot) -> tuple[Route, ...]:
+    """Journal routes the target does not carry yet."""
+    present = {r.key for r in snap.routes_via(target)}
+    return tuple(r for r in routes if r.key not in present)
+
+
+def plan_pair(
+    cfg: Config,
+    spec: PairSpec,
+    snap: Snapshot,
+    drained: bool = False,
+    entry: Optional[Entry] = None,
+) -> Plan:
     """The steps from `snap` to `spec`; empty when the pair is as it should be.
     A drained pair (prepare-unplug) keeps its primary enslaved but not as the
-    bond's preferred member, so the kernel does not switch back to it."""
+    bond's preferred member, so the kernel does not switch back to it.
+    `entry`: the pair's journal entry, if a crash interrupted an earlier run:
+    every address and route it lists ends up on the master."""
     plan = Plan(spec)
     steps = plan.steps
     sby = snap.links[spec.standby]
@@ -256,10 +313,21 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
             name=name,
             kind=cfg.backend,
             mac=spec.mac,
-            mtu=spec.mtu,
+            mtu=entry.mtu if entry is not None and entry.mtu else spec.mtu,
             marker=spec.marker,
             fail_over_mac=FAIL_OVER_MAC[spec.fail_over_mac],
+            adopt_unmarked=entry is not None and entry.creating == name,
         )
+        holder = snap.by_name(name)
+        if (
+            holder is not None
+            and holder.ifindex not in create.reclaim_from
+            and not is_ours(holder)
+            and not create.adopt_unmarked
+        ):
+            raise PlanRefused(
+                f"{name}, the name its master is made under, is taken by a device guestfail did not make"
+            )
         if team:
             create_later = create
         else:
@@ -274,9 +342,21 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
 
     sby_enslaved = master is not None and sby.master == master.ifindex
     sby_up = sby.up
-    # Addresses live on the standby until it is enslaved: move them after.
-    moving = tuple(a for a in sby.addresses if not a.link_local) if not sby_enslaved else ()
-    routes = tuple(snap.routes_via(sby.ifindex)) if moving else ()
+    # The standby's addresses go to the master once it is up, enslaved or
+    # not (a crash after "enslave" leaves its IPv4 addresses on it); so do
+    # what the journal kept of them (the kernel dropped the IPv6 addresses
+    # and the routes when the standby went down).
+    moving = tuple(a for a in sby.addresses if movable(a))
+    routes = tuple(snap.routes_via(sby.ifindex))
+    if entry is not None:
+        kept = {a.key for a in moving}
+        have = _on(master, entry.addresses) if master is not None else set()
+        moving += tuple(a for a in entry.addresses_now() if a.key not in kept and a.key not in have)
+        known = {r.key for r in routes}
+        journal_routes = entry.routes
+        if master is not None:
+            journal_routes = _missing_routes(journal_routes, master.ifindex, snap)
+        routes += tuple(r for r in journal_routes if r.key not in known)
 
     # 1. the standby gets out of the way of the master's name
     if sby.name != spec.standby_name:
@@ -293,13 +373,16 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
             m_up = False
         members = (spec.standby, *([spec.primary] if spec.primary is not None else []))
         steps.append(Rename(mref, spec.master_name, reclaim_from=members))
-    # 3. the standby joins
+    # 3. the standby joins (the bond opens it); a member something set down
+    # (a rename) comes up again
     if not sby_enslaved:
         if sby.master is not None:
             steps.append(Release(sby.ifindex))
         if sby_up:
             steps.append(SetDown(sby.ifindex))
         steps.append(Enslave(sby.ifindex, mref))
+    elif not sby_up:
+        steps.append(SetUp(sby.ifindex))
     # 4. the master comes up, the standby's addresses follow it
     if not m_up:
         steps.append(SetUp(mref))
@@ -325,6 +408,8 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
                 # teamd's port priorities are not in the snapshot: set once,
                 # when the port joins
                 steps.append(SetPrimary(mref, prim.ifindex))
+        elif not p_up:
+            steps.append(SetUp(prim.ifindex))
         if cfg.backend == "bond":
             current_primary = master.bond.primary if master is not None and master.bond else None
             want_primary = None if drained else prim.ifindex
@@ -346,8 +431,8 @@ def plan_pair(cfg: Config, spec: PairSpec, snap: Snapshot, drained: bool = False
 
 def leaked_masters(snap: Snapshot, live_keys: set[str]) -> list[Link]:
     """Masters guestfail made that serve no pair any more (their standby is
-    gone), or a second master for one pair (a crash between create and
-    enslave): these are deleted."""
+    gone or guestfail no longer serves it), or a second master for one pair
+    (a crash between create and enslave)."""
     out: list[Link] = []
     for key, masters in our_masters(snap).items():
         if key not in live_keys:
@@ -360,14 +445,56 @@ def leaked_masters(snap: Snapshot, live_keys: set[str]) -> list[Link]:
     return out
 
 
-def plan_release(master: Link, snap: Snapshot) -> list[Step]:
+def plan_leaked(snap: Snapshot, live_keys: set[str]) -> list[tuple[Link, list[Step]]]:
+    """Each leaked master with the steps that undo it like `release` does:
+    its standby gets its name, state, addresses and routes back (deleting
+    the master alone would leave the standby down, renamed, without them)."""
+    return [(m, plan_release(m, snap)) for m in leaked_masters(snap, live_keys)]
+
+
+def release_entry(master: Link, snap: Snapshot, t: float) -> Optional[Entry]:
+    """The journal entry written before a master is released: what its
+    standby must get back."""
+    marker = parse_marker(master.ifalias) or {}
+    standby = _standby_of(master, snap)
+    if standby is None:
+        return None
+    return Entry(
+        key=marker.get("key", ""),
+        op="release",
+        standby_name=marker.get("name") or standby.name,
+        mtu=master.mtu,
+        addresses=tuple(a for a in master.addresses if movable(a)),
+        routes=tuple(snap.routes_via(master.ifindex)),
+        master=master.name,
+        kind=master.kind,
+        since=t,
+        renamed=tuple((s.name, own) for s, own in _renamed_primaries(master, standby, snap)),
+    )
+
+
+def _renamed_primaries(master: Link, standby: Link, snap: Snapshot) -> list[tuple[Link, str]]:
+    """Members guestfail gave the <name>npf name, with their own (kept as
+    their first altname)."""
+    return [
+        (s, s.altnames[0])
+        for s in snap.slaves_of(master.ifindex)
+        if s.ifindex != standby.ifindex and s.altnames and s.name.endswith(naming.PRIMARY_SUFFIX)
+    ]
+
+
+def _standby_of(master: Link, snap: Snapshot) -> Optional[Link]:
+    key = (parse_marker(master.ifalias) or {}).get("key", "")
+    return next((s for s in snap.slaves_of(master.ifindex) if standby_key(s) == key), None)
+
+
+def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) -> list[Step]:
     """Undo a pair: the master goes, the standby gets its name and the
     master's addresses and routes back, the primary its old name (kept as an
-    altname).  The inverse of what plan_pair built."""
+    altname).  The inverse of what plan_pair built.  `entry`: an earlier
+    release's journal entry, whose addresses the standby gets as well."""
     marker = parse_marker(master.ifalias) or {}
-    slaves = snap.slaves_of(master.ifindex)
-    sby_key = marker.get("key", "")
-    standby = next((s for s in slaves if standby_key(s) == sby_key), None)
+    standby = _standby_of(master, snap)
     steps: list[Step] = [DeleteMaster(master.ifindex)]
     if standby is None:
         return steps
@@ -375,11 +502,48 @@ def plan_release(master: Link, snap: Snapshot) -> list[Step]:
     if standby.name != orig:
         steps.append(Rename(standby.ifindex, orig, reclaim_from=(standby.ifindex,)))
     steps.append(SetUp(standby.ifindex))
-    moving = tuple(a for a in master.addresses if not a.link_local)
+    moving = tuple(a for a in master.addresses if movable(a))
     routes = tuple(snap.routes_via(master.ifindex))
+    if entry is not None:
+        kept = {a.key for a in moving}
+        moving += tuple(a for a in entry.addresses_now() if a.key not in kept)
+        known = {r.key for r in routes}
+        routes += tuple(r for r in entry.routes if r.key not in known)
     if moving or routes:
         steps.append(MoveAddresses(master.ifindex, standby.ifindex, moving, routes))
-    for s in slaves:
-        if s.ifindex != standby.ifindex and s.altnames and s.name.endswith(naming.PRIMARY_SUFFIX):
-            steps.append(Rename(s.ifindex, s.altnames[0], reclaim_from=(s.ifindex,)))
+    for s, own in _renamed_primaries(master, standby, snap):
+        steps.append(Rename(s.ifindex, own, reclaim_from=(s.ifindex,)))
+    return steps
+
+
+def plan_finish_release(entry: Entry, snap: Snapshot) -> list[Step]:
+    """A release that died after its master was deleted: the standby (found
+    by its key) gets its name back, comes up, and gets what the journal
+    lists.  Nothing when the standby is gone too."""
+    standby = next(
+        (x for x in snap.links.values() if x.master is None and not x.kind and standby_key(x) == entry.key),
+        None,
+    )
+    if standby is None:
+        return []  # still enslaved (to a master being released) or gone
+    steps: list[Step] = []
+    if standby.name != entry.standby_name:
+        if standby.up:
+            steps.append(SetDown(standby.ifindex))
+        steps.append(Rename(standby.ifindex, entry.standby_name, reclaim_from=(standby.ifindex,)))
+        steps.append(SetUp(standby.ifindex))
+    elif not standby.up:
+        steps.append(SetUp(standby.ifindex))
+    have = {a.key for a in standby.addresses}
+    addresses = tuple(a for a in entry.addresses_now() if a.key not in have)
+    routes = _missing_routes(entry.routes, standby.ifindex, snap)
+    if addresses or routes:
+        steps.append(AddAddresses(standby.ifindex, addresses, routes))
+    for name, own in entry.renamed:
+        member = next((x for x in snap.links.values() if x.name == name), None)
+        if member is None or member.master is not None or member.name == own:
+            continue
+        if member.up:
+            steps.append(SetDown(member.ifindex))
+        steps.append(Rename(member.ifindex, own, reclaim_from=(member.ifindex,)))
     return steps

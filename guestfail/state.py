@@ -65,14 +65,6 @@ class PairRecord:
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
-    # guestfail's own request to switch is in flight
-    in_call: bool = False
-    # (previous active, when) while a new primary the bond already made
-    # active is still being enslaved
-    joining: Optional[tuple[Optional[int], int]] = None
-    # when the last event that may lead to a switch arrived (monotonic ns)
-    pending_since_ns: Optional[int] = None
-    pending_why: str = ""
 
     def names(self) -> dict[int, str]:
         out = {}

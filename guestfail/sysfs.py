@@ -22,6 +22,9 @@ class DeviceInfo:
     pci_address: str = ""
     vmbus_id: str = ""
     standby_feature: bool = False
+    # the name belongs to another link now (renamed between the netlink dump
+    # and this read): nothing here can be trusted for the link asked about
+    stale: bool = False
 
 
 class Sysfs:
@@ -49,10 +52,19 @@ class Sysfs:
         except OSError:
             return []
 
-    def device_info(self, ifname: str) -> DeviceInfo:
+    def device_info(self, ifname: str, ifindex: Optional[int] = None) -> DeviceInfo:
         """Driver and bus identity of a netdev's parent device; empty for
-        virtual devices (no `device` link)."""
-        dev = self.root / "class" / "net" / ifname / "device"
+        virtual devices (no `device` link).  sysfs is read by name: with
+        `ifindex`, a name that meanwhile belongs to another link (or to none)
+        gives a `stale` answer instead of another device's identity."""
+        net = self.root / "class" / "net" / ifname
+        if ifindex is not None:
+            found = self._read(net / "ifindex")
+            if found is None and not net.exists():
+                return DeviceInfo(stale=True)
+            if found is not None and found != str(ifindex):
+                return DeviceInfo(stale=True)
+        dev = net / "device"
         if not dev.exists():
             return DeviceInfo()
         driver = self._link_target(dev / "driver")

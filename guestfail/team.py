@@ -30,7 +30,7 @@ from guestfail.config import Config
 from guestfail.dbus_api import TeamdClient, TeamdError
 from guestfail.errors import SystemRefused
 from guestfail.model import Link, parse_marker
-from guestfail.netlink import Netlink
+from guestfail.netlink import Rtnl
 from guestfail.plan import CreateMaster
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class TeamBackend:
     kind = "team"
 
     def __init__(
-        self, cfg: Config, netlink: Netlink, state_dir: Path, client: Optional[TeamdClient] = None
+        self, cfg: Config, netlink: Rtnl, state_dir: Path, client: Optional[TeamdClient] = None
     ) -> None:
         self.cfg = cfg
         self.nl = netlink
@@ -89,6 +89,14 @@ class TeamBackend:
         self.nl.set(idx, f"set the MTU of {step.name}", mtu=step.mtu)
         self.nl.set_ifalias(idx, step.name, step.marker)
         return idx
+
+    def adopt_master(self, master: Link, step: CreateMaster) -> None:
+        """A team left unmarked by a crash: its teamd (started with the saved
+        configuration) is checked by the reconciliation like any other."""
+        if self._load(step.name) is None:
+            self._save(step.name, teamd_config(self.cfg, step.name, step.mac, step.fail_over_mac))
+        self.nl.set(master.ifindex, f"set the MTU of {step.name}", mtu=step.mtu)
+        self.nl.set_ifalias(master.ifindex, step.name, step.marker)
 
     def enslave(self, link: int, name: str, master: int, master_name: str) -> None:
         self.client.call(master_name, "PortAdd", "s", [name])

@@ -31,10 +31,6 @@ KEPT = (
 )
 
 
-class UdevLost(Exception):
-    """udev's event socket overflowed: resync."""
-
-
 @dataclass(frozen=True)
 class UdevEvent:
     action: str
@@ -77,27 +73,28 @@ class Udev:
         self.monitor = mon
         return int(mon.fileno())
 
-    def read(self, now_ns: Any) -> list[UdevEvent]:
+    def read(self, now_ns: Any) -> tuple[list[UdevEvent], str]:
+        """The events queued now, and why events were lost after them, if
+        they were ("" if not): the events read first are still good."""
         out: list[UdevEvent] = []
+        lost = ""
         while True:
             try:
                 dev: Optional[Any] = self.monitor.poll(timeout=0)
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    raise UdevLost("udev monitor overrun") from None
+                    lost = "udev monitor overrun"  # what was queued still comes
+                    continue
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return out
+                    return out, lost
                 raise
             if dev is None:
-                return out
+                return out, lost
             try:
                 ifindex = int(dev.properties.get("IFINDEX", "0"))
             except ValueError:
                 ifindex = 0
             out.append(UdevEvent(str(dev.action or ""), str(dev.sys_name), ifindex, now_ns()))
-
-    def close(self) -> None:
-        self.monitor = None
 
 
 def write_claims(directory: Path, names: Iterable[str]) -> None:

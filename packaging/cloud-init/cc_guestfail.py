@@ -164,6 +164,7 @@ SCHEMA: dict[str, Any] = {
                         },
                         "announce": {"type": "boolean", "description": "Default: true."},
                         "ingress": {"enum": ["unicast", "off"], "description": "Default: unicast."},
+                        "drain_timeout": _range(0, 86400, "Seconds. Default: 120."),
                         "networkmanager": {"enum": ["auto", "off"], "description": "Default: auto."},
                     },
                 },

@@ -323,3 +323,21 @@ def test_metrics_textfile() -> None:
     assert parse("").metrics.textfile == ""
     cfg = parse('[metrics]\ntextfile = "/var/lib/prometheus/node-exporter/guestfail.prom"\n')
     assert cfg.metrics.textfile == "/var/lib/prometheus/node-exporter/guestfail.prom"
+
+
+@pytest.mark.parametrize(
+    ("template", "culprit"),
+    [
+        ("{standby}:{n}", "contains ':'"),
+        ("{standby:.0}", "is empty"),
+        ("averyveryverylong{n}", "bytes long"),
+    ],
+)
+def test_a_master_template_is_tried_with_every_kind_of_standby_name(template: str, culprit: str) -> None:
+    with pytest.raises(ConfigError, match=culprit) as e:
+        parse(f"[agent]\nnaming = 'keep'\nmaster_name = '{template}'\n")
+    assert e.value.key == "agent.master_name"
+
+
+def test_a_master_template_that_only_long_standby_names_make_too_long_is_fine() -> None:
+    assert parse("[agent]\nnaming = 'keep'\nmaster_name = '{standby}-bond'\n").master_name == "{standby}-bond"

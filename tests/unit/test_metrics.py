@@ -17,11 +17,9 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
 from guestfail import metrics
-from guestfail.config import parse
-from guestfail.netlink import LinkEvent
 from guestfail.pairstate import Facts, decide
 from guestfail.state import PairRecord, Switch, document
-from tests.unit.test_daemon_switching import VF, link, make_daemon, settle
+from tests.unit.test_daemon import daemon, event, paired
 
 T0 = 1_795_000_000.0  # a wall-clock time in 2026
 
@@ -255,15 +253,16 @@ def test_no_textfile_configured_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_the_daemon_writes_it_with_its_state_file(tmp_path: Path) -> None:
-    """The daemon's hook: a switch writes the state file and the metrics."""
+    """The daemon's hook, on the in-memory kernel: a switch writes the state
+    file and the metrics."""
+    w = paired(tmp_path)
     prom = tmp_path / "guestfail.prom"
 
     async def go() -> None:
-        d, _rec, _fake = make_daemon(tmp_path)
-        d.cfg = parse(f'[agent]\nstate_dir = "{tmp_path}"\n[metrics]\ntextfile = "{prom}"\n')
-        d._link_event(LinkEvent(False, link(VF, "ens11npf", carrier=False), 1000))
-        await settle(d)
-        d._fast.shutdown()
+        async with daemon(w, agent=f'[metrics]\ntextfile = "{prom}"\n') as d:
+            w.k.set_carrier(w.link("ens11npf").ifindex, False)
+            d.on_link_event(event(w, "ens11npf"))
+            await d.switcher.settle()
 
     asyncio.run(go())
     m = read(prom)

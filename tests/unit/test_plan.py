@@ -249,3 +249,13 @@ def test_the_standbys_recorded_name_survives_a_crash_before_the_master_existed()
     assert not any(isinstance(x, Rename) and x.link == 2 for x in steps)
     # without the record the name would be built on the renamed one
     assert spec_for(cfg, pairing, s).master_name == "ens11nsby"
+
+
+def test_a_template_with_no_free_name_refuses_the_pair_alone() -> None:
+    """Issue 16 #7: the template's ValueError used to escape PlanRefused and
+    abort the reconciliation of every pair."""
+    cfg = parse("[agent]\nnaming = 'keep'\nmaster_name = '{standby}'\n")
+    s = snap(sby_link(), vf(3, "ens5001", M1))
+    (pairing,) = match(cfg, s).pairings
+    with pytest.raises(PlanRefused, match="no free master name"):
+        spec_for(cfg, pairing, s)

@@ -1,14 +1,14 @@
 """SIGHUP (systemctl reload) as guestfail(8) describes it under `run`: the
 file is read again and a reconciliation requested; a file with errors, or
 one that changes agent.backend or agent.state_dir, leaves the running
-configuration as it was."""
+configuration as it was.  And `guestfail run` makes its daemon inside its
+event loop (Python 3.9)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -17,43 +17,33 @@ from guestfail import daemon as daemon_mod
 from guestfail.daemon import Daemon
 
 
-def in_loop(fn: Callable[[], None]) -> None:
-    """The daemon lives in its event loop (its asyncio.Events bind to it on 3.9)."""
-
-    async def go() -> None:
-        fn()
-
-    asyncio.run(go())
-
-
 def daemon_with(path: Path, text: str) -> Daemon:
+    """A daemon reading `path` (made inside the running loop, as run() does)."""
     path.write_text(text)
     return Daemon(config.load(path), use_udev=False, use_dbus=False)
 
 
 def test_a_reload_reads_the_file_again_and_reconciles(tmp_path: Path) -> None:
-    in_loop(lambda: reload_applies(tmp_path))
+    async def go() -> None:
+        f = tmp_path / "guestfail.toml"
+        d = daemon_with(f, f'[agent]\nstate_dir = "{tmp_path}"\n')
+        try:
+            assert d.cfg.announce and d.cfg.metrics.textfile == ""
+            f.write_text(
+                f'[agent]\nstate_dir = "{tmp_path}"\nannounce = false\nmatch = ["mac"]\n'
+                f'[bond]\nmiimon = 250\n[metrics]\ntextfile = "{tmp_path}/gf.prom"\n'
+            )
+            d.reload()
+            assert not d.cfg.announce
+            assert d.cfg.rules == ("mac",) and d.reconciler.cfg is d.cfg  # the matching
+            assert d.cfg.metrics.textfile == f"{tmp_path}/gf.prom"
+            # masters built from now on get the new bond options
+            assert d._slow_backend.cfg.bond.miimon == 250 and d._fast_backend.cfg.bond.miimon == 250
+            assert d._dirty.is_set() and d._dirty_why[-1] == "configuration reloaded"
+        finally:
+            await d.shutdown()
 
-
-def reload_applies(tmp_path: Path) -> None:
-    f = tmp_path / "guestfail.toml"
-    d = daemon_with(f, f'[agent]\nstate_dir = "{tmp_path}"\n')
-    try:
-        assert d.cfg.announce and d.cfg.metrics.textfile == ""
-        f.write_text(
-            f'[agent]\nstate_dir = "{tmp_path}"\nannounce = false\nmatch = ["mac"]\n'
-            f'[bond]\nmiimon = 250\n[metrics]\ntextfile = "{tmp_path}/gf.prom"\n'
-        )
-        d.reload()
-        assert not d.cfg.announce
-        assert d.cfg.rules == ("mac",)
-        assert d.cfg.metrics.textfile == f"{tmp_path}/gf.prom"
-        # masters built from now on get the new bond options
-        assert d._slow_backend.cfg.bond.miimon == 250 and d._fast_backend.cfg.bond.miimon == 250
-        assert d._dirty.is_set() and d._dirty_why[-1] == "configuration reloaded"
-    finally:
-        d._fast.shutdown()
-        d._slow.shutdown()
+    asyncio.run(go())
 
 
 @pytest.mark.parametrize(
@@ -69,25 +59,23 @@ def reload_applies(tmp_path: Path) -> None:
 def test_a_bad_or_restart_only_change_keeps_the_running_configuration(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str, logged: list[str]
 ) -> None:
-    in_loop(lambda: reload_keeps(tmp_path, caplog, change, logged))
+    async def go() -> None:
+        f = tmp_path / "guestfail.toml"
+        d = daemon_with(f, f'[agent]\nstate_dir = "{tmp_path}"\n')
+        try:
+            before = d.cfg
+            f.write_text(f'[agent]\nstate_dir = "{tmp_path}"\nannounce = false\n{change}')
+            with caplog.at_level(logging.ERROR, logger="guestfail"):
+                d.reload()
+            assert d.cfg is before  # announce = false did not apply either
+            text = "\n".join(r.getMessage() for r in caplog.records)
+            for words in logged:
+                assert words in text
+            assert not d._dirty.is_set()
+        finally:
+            await d.shutdown()
 
-
-def reload_keeps(tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str, logged: list[str]) -> None:
-    f = tmp_path / "guestfail.toml"
-    d = daemon_with(f, f'[agent]\nstate_dir = "{tmp_path}"\n')
-    try:
-        before = d.cfg
-        f.write_text(f'[agent]\nstate_dir = "{tmp_path}"\nannounce = false\n{change}')
-        with caplog.at_level(logging.ERROR, logger="guestfail"):
-            d.reload()
-        assert d.cfg is before  # announce = false did not apply either
-        text = "\n".join(r.getMessage() for r in caplog.records)
-        for words in logged:
-            assert words in text
-        assert not d._dirty.is_set()
-    finally:
-        d._fast.shutdown()
-        d._slow.shutdown()
+    asyncio.run(go())
 
 
 def test_run_makes_the_daemon_inside_its_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,8 +87,7 @@ def test_run_makes_the_daemon_inside_its_event_loop(tmp_path: Path, monkeypatch:
     async def stop_and_wait(self: Daemon) -> int:
         asyncio.get_running_loop().call_soon(self.stop)
         await self._stop.wait()
-        self._fast.shutdown()
-        self._slow.shutdown()
+        await self.shutdown()
         return 0
 
     monkeypatch.setattr(Daemon, "run", stop_and_wait)

@@ -62,14 +62,19 @@ class Guest:
         self.lab.write_file(CONFIG_PATH, text)
 
     def start_agent(
-        self, config: Optional[str] = None, *extra: str, wait: bool = True, dbus: bool = False
+        self,
+        config: Optional[str] = None,
+        *extra: str,
+        wait: bool = True,
+        dbus: bool = False,
+        env: Optional[dict[str, str]] = None,
     ) -> str:
         if config is not None:
             self.write_config(config)
         self.agents += 1
         key = f"agent{self.agents}"
-        argv, env = agent_argv("-vv", "run", *([] if dbus else ["--no-dbus"]), *extra)
-        self.lab.spawn(key, argv, env=env, notify=True)
+        argv, agent_env = agent_argv("-vv", "run", *([] if dbus else ["--no-dbus"]), *extra)
+        self.lab.spawn(key, argv, env={**agent_env, **(env or {})}, notify=True)
         if wait:
             self.lab.wait_notify(key, "READY=1", timeout=240)
         return key
@@ -78,9 +83,10 @@ class Guest:
         self.lab.signal(key, sig)
         return self.lab.wait_proc(key, timeout=30)
 
-    def guestfail(self, *args: str, check: bool = False) -> Any:
-        argv, env = agent_argv(*args)
-        return self.lab.run(*argv, env=env, check=check, timeout=300)  # TCG: Python starts slowly
+    def guestfail(self, *args: str, check: bool = False, env: Optional[dict[str, str]] = None) -> Any:
+        argv, agent_env = agent_argv(*args)
+        # TCG: Python starts slowly
+        return self.lab.run(*argv, env={**agent_env, **(env or {})}, check=check, timeout=300)
 
     def status(self) -> dict[str, Any]:
         r = self.guestfail("status", "--json", "--no-dbus")

@@ -1,0 +1,203 @@
+"""Integrations: what must hear about a pair's life besides the kernel.
+
+Each implements guestfail.reconcile.Integration (hooks: begin, capture,
+before_touch, before_enslave, after_run); the reconciler calls them without
+knowing which they are, the daemon decides which to load.
+
+* `NetworkManagerIntegration`: NetworkManager keeps configuring the guest
+  after a pair is built (see guestfail.nm for why and how).
+* `TeamdSupervision`: one teamd per team master must run; the daemon watches
+  the pids this reports and reconciles when one exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Optional
+
+from guestfail.config import Config
+from guestfail.errors import GuestfailError
+from guestfail.model import Snapshot
+from guestfail.plan import PairSpec, master_of
+from guestfail.reconcile import Outcome
+
+if TYPE_CHECKING:
+    from guestfail.team import TeamBackend
+
+log = logging.getLogger(__name__)
+
+#: bonding's fail_over_mac values by the number the kernel reports
+FAIL_OVER_MAC_NAMES = ("none", "active", "follow")
+
+
+class NetworkManagerIntegration:
+    """The standby is NetworkManager's device: it is handed over before
+    guestfail touches it and handed back as a bond port; every master gets a
+    profile carrying the standby's IP settings (guestfail.nm)."""
+
+    name = "networkmanager"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._nm: Any = None  # guestfail.nm.NetworkManager, made when first needed
+        self.active = False
+        self.restarted = False
+        self._done: set[str] = set()  # masters whose profile is in place
+        self._handback: set[str] = set()  # pair keys whose standby NetworkManager let go
+        self._ports_checked = False  # every paired standby's port, once per NetworkManager start
+
+    def notify_restart(self) -> None:
+        """NetworkManager (re)started (its bus name changed owner)."""
+        self.restarted = True
+
+    def _client(self) -> Any:
+        if self._nm is None:
+            from guestfail.dbus_api import BusClient
+            from guestfail.nm import NetworkManager
+
+            self._nm = NetworkManager(BusClient())
+        return self._nm
+
+    # ------------------------------------------------------------ hooks
+
+    def begin(self) -> None:
+        nm = self._client()
+        self.active = bool(nm.running())
+        if self.active and self.restarted:
+            self.restarted = False
+            self._done.clear()
+            self._ports_checked = False
+
+    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
+        """What NetworkManager applied to the standby, before it goes."""
+        if not self.active:
+            return None
+        from guestfail.nm import settings_to_json
+
+        applied = self._client().applied(snap.links[spec.standby].name)
+        return {"applied": settings_to_json(applied)} if applied is not None else None
+
+    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
+        """NetworkManager lets go of the standby before guestfail touches it."""
+        if self.active and self._client().set_managed(snap.links[spec.standby].name, False):
+            self._handback.add(spec.key)
+
+    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
+        """NetworkManager takes the master over while it is still empty: it
+        detaches the members of a bond it takes over later."""
+        if not self.active or master_name in self._done:
+            return
+        from guestfail.nm import settings_from_json
+
+        options = {
+            "miimon": str(self.cfg.bond.miimon),
+            "fail_over_mac": spec.fail_over_mac,
+            "primary_reselect": "always",
+            "num_grat_arp": str(self.cfg.bond.num_peer_notif),
+        }
+        if spec.primary_name:
+            options["primary"] = spec.primary_name
+        captured = settings_from_json(kept["applied"]) if "applied" in kept else None
+        self._client().ensure_master_profile(master_name, captured, spec.orig_name, spec.mac, options)
+        self._done.add(master_name)
+
+    def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
+        """Every master gets its profile, then every standby its port
+        profile."""
+        if not self.active:
+            return
+        from guestfail.nm import settings_from_json
+
+        nm = self._client()
+        snap = out.snap
+        for p in out.result.pairings:
+            master = snap.get(out.masters.get(p.key))
+            if master is None or master.name in self._done or master.bond is None:
+                continue
+            sby = snap.links[p.standby]
+            orig = (master.marker or {}).get("name", sby.name)
+            b = master.bond
+            options = {
+                "miimon": str(b.miimon),
+                "fail_over_mac": FAIL_OVER_MAC_NAMES[b.fail_over_mac] if b.fail_over_mac < 3 else "none",
+                "primary_reselect": "always",
+                "num_grat_arp": str(b.num_peer_notif),
+            }
+            prim = snap.get(b.primary)
+            if prim is not None:
+                options["primary"] = prim.name
+            data = kept.get(p.key, {}).get(self.name) or {}
+            captured = settings_from_json(data["applied"]) if "applied" in data else None
+            try:
+                nm.ensure_master_profile(master.name, captured, orig, sby.hw_mac, options)
+                self._done.add(master.name)
+            except GuestfailError as e:
+                log.warning("NetworkManager: no profile for %s: %s", master.name, e)
+        self._ports(out)
+
+    def _ports(self, out: Outcome) -> None:
+        """Hand back the standbys guestfail took from NetworkManager, as bond
+        ports under guestfail's port profile; when NetworkManager (re)starts,
+        every paired standby (it reads the member's udev mark then)."""
+        nm = self._client()
+        everyone = not self._ports_checked
+        self._ports_checked = True
+        snap = out.snap
+        for p in out.result.pairings:
+            taken = p.key in self._handback
+            if not (taken or everyone):
+                continue
+            self._handback.discard(p.key)
+            sby = snap.get(p.standby)
+            master = snap.get(out.masters.get(p.key))
+            if sby is None:
+                continue
+            try:
+                if master is None or sby.master != master.ifindex:
+                    if taken and nm.set_managed(sby.name, True):
+                        log.info("NetworkManager: %s handed back, not paired", sby.name)
+                    continue
+                if nm.set_managed(sby.name, True):
+                    log.info("NetworkManager: %s handed back as a port of %s", sby.name, master.name)
+                nm.ensure_port(master.name, sby.name)
+            except GuestfailError as e:
+                log.warning("NetworkManager: %s not handed back: %s", sby.name, e)
+
+
+class TeamdSupervision:
+    """Each team master has its teamd: started again (taking the device
+    over) where it is missing; the pids go to the daemon, which watches them."""
+
+    name = "teamd"
+
+    def __init__(self, backend: TeamBackend) -> None:
+        self.backend = backend
+
+    def begin(self) -> None:
+        pass
+
+    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
+        return None
+
+    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
+        pass
+
+    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
+        pass
+
+    def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
+        masters = []
+        for p in out.result.pairings:
+            master = master_of(p.key, p.standby, out.snap)
+            if master is None or master.kind != "team":
+                continue
+            masters.append(master)
+            try:
+                note = self.backend.check(master, out.snap.slaves_of(master.ifindex), p.primary)
+            except GuestfailError as e:
+                out.errors[p.key] = str(e)
+                continue
+            if note:
+                log.warning("%s", note)
+        if masters:
+            out.pids.update(self.backend.pids(masters))

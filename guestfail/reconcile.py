@@ -1,0 +1,345 @@
+"""Reconciliation: make the kernel hold the pairs the configuration asks for.
+
+One pass reads top to bottom, as nmstate's `netapplier.apply()` does:
+
+    observe  -> one snapshot of links, addresses, routes, sysfs, udev
+    match    -> pairings, refusals, kernel-managed pairs (guestfail.match)
+    plan     -> per pair, the steps from the snapshot to the spec
+                (guestfail.plan), masters that serve no pair undone
+    journal  -> before a pair's first step, what it must give back
+                (guestfail.journal)
+    apply    -> the executor runs the steps (guestfail.apply)
+    verify   -> the next pass observes again; a pass that plans nothing is
+                the verification, and clears the journal of the pairs it saw
+                complete
+
+Passes repeat until one plans nothing (verified) or MAX_PASSES ran.  Every
+observation is handed to the daemon at once (`observed`), so a pair is
+switched the moment it exists, not once the integrations are done.
+
+Integrations (NetworkManager, teamd supervision) sit behind one small
+interface with hooks at the points where they must act; the reconciler never
+names one.  Runs on one worker thread with its own netlink socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, TypeVar
+
+from guestfail import naming
+from guestfail.apply import Backend, Executor
+from guestfail.config import Config
+from guestfail.discover import UdevReader, assemble
+from guestfail.errors import GuestfailError
+from guestfail.journal import Entry, Journal, movable, now
+from guestfail.match import MatchResult, Pairing, claims, match, standby_key
+from guestfail.model import Snapshot
+from guestfail.netlink import Rtnl
+from guestfail.plan import (
+    Enslave,
+    PairSpec,
+    Plan,
+    PlanRefused,
+    Rename,
+    master_of,
+    plan_finish_release,
+    plan_leaked,
+    plan_pair,
+    release_entry,
+    spec_for,
+)
+from guestfail.sysfs import Sysfs
+from guestfail.udev import write_claims
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PASSES = 4
+
+
+@dataclass
+class Outcome:
+    """What one reconciliation found and did."""
+
+    snap: Snapshot
+    result: MatchResult
+    masters: dict[str, Optional[int]] = field(default_factory=dict)  # key -> master ifindex
+    active: dict[str, Optional[int]] = field(default_factory=dict)  # key -> kernel's active member
+    pids: dict[str, int] = field(default_factory=dict)  # team master -> its teamd
+    errors: dict[str, str] = field(default_factory=dict)
+    steps: int = 0
+    passes: int = 0
+    verified: bool = False
+    final: bool = False  # the whole run is over (not one pass's observation)
+
+
+class Integration(Protocol):
+    """Something outside the kernel that must hear about a pair's life.
+    Hooks run on the reconciler's thread; one that raises GuestfailError is
+    logged and never stops the pass."""
+
+    name: str
+
+    def begin(self) -> None:
+        """A run starts (e.g. is the service there, did it restart)."""
+
+    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
+        """Before guestfail first touches the pair's standby: read what must
+        survive a crash (kept in the journal entry under `name`)."""
+
+    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
+        """Right before the first step on the standby (the journal is written)."""
+
+    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
+        """Once per plan, before the first member joins the master."""
+
+    def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
+        """After the last pass: `kept` maps pair keys to their journal data."""
+
+
+def _pair_complete(spec: PairSpec, snap: Snapshot) -> bool:
+    master = master_of(spec.key, spec.standby, snap)
+    return master is not None and snap.links[spec.standby].master == master.ifindex
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cfg: Config,
+        nl: Rtnl,
+        sysfs: Sysfs,
+        backend: Backend,
+        state_dir: Path,
+        *,
+        udev: Optional[UdevReader] = None,
+        integrations: tuple[Integration, ...] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.nl = nl
+        self.sysfs = sysfs
+        self.backend = backend
+        self.state_dir = state_dir
+        self.udev = udev
+        self.integrations = integrations
+        self.journal = Journal(state_dir / "journal")
+        self.executor = Executor(nl, backend, ingress=cfg.ingress == "unicast")
+
+    # ------------------------------------------------------------ one run
+
+    def run(self, drained: set[str], observed: Optional[Callable[[Outcome], None]] = None) -> Outcome:
+        self.executor.ingress = self.cfg.ingress == "unicast"
+        for i in self.integrations:
+            self._guarded(i, "begin", i.begin)
+        out = Outcome(Snapshot(), MatchResult())
+        for n in range(1, MAX_PASSES + 1):
+            snap = self.observe()
+            result = match(self.cfg, snap)
+            out = Outcome(snap, result, errors=dict(out.errors), steps=out.steps, passes=n)
+            self._masters(out)
+            if observed is not None:
+                # a copy: this run goes on changing its own
+                observed(replace(out, errors=dict(out.errors)))
+            done = self._pass(out, drained)
+            out.steps += done
+            if snap.unstable:
+                log.debug("links renamed while observed: %s; observing again", snap.unstable)
+                continue  # not verified: a rename was in flight
+            if done == 0:
+                out.verified = True
+                break
+        self._write_claims(out.snap, out.result)
+        kept = {k: e.kept for k, e in self.journal.all().items()}
+        for i in self.integrations:
+            self._guarded(i, "after_run", partial(i.after_run, out, kept))
+        out.final = True
+        return out
+
+    def observe(self) -> Snapshot:
+        return assemble(self.nl.dump(), self.sysfs, self.udev)
+
+    def _masters(self, out: Outcome) -> None:
+        for p in out.result.pairings:
+            master = master_of(p.key, p.standby, out.snap)
+            out.masters[p.key] = master.ifindex if master else None
+            out.active[p.key] = self.backend.active(master) if master else None
+
+    def _pass(self, out: Outcome, drained: set[str]) -> int:
+        """Plan and apply every pair and every leaked master once; returns
+        how many steps ran (0: nothing to do, the state is verified)."""
+        snap, result = out.snap, out.result
+        entries = self.journal.all()
+        done = 0
+        live: set[str] = set()
+        reserved: set[str] = set()  # master names this pass gives out
+        for pairing in result.pairings:
+            live.add(pairing.key)
+            entry = entries.get(pairing.key)
+            known = {pairing.key: entry.standby_name} if entry is not None else None
+            try:
+                spec = spec_for(self.cfg, pairing, snap, known, reserved)
+                reserved.add(spec.master_name)
+                plan = plan_pair(self.cfg, spec, snap, drained=pairing.key in drained, entry=entry)
+            except PlanRefused as e:
+                out.errors[pairing.key] = str(e)
+                continue
+            if not plan.steps:
+                if entry is not None and _pair_complete(spec, snap):
+                    log.info("%s: verified; its journal entry is done", spec.master_name)
+                    self.journal.clear(pairing.key)
+                out.errors.pop(pairing.key, None)
+                continue
+            done += len(plan.steps)
+            if not self._apply(pairing, spec, plan, snap, entry):
+                out.errors[pairing.key] = self._last_error
+                done -= len(plan.steps)  # do not loop on a hard failure
+            else:
+                out.errors.pop(pairing.key, None)
+        done += self._undo_leaked(snap, live, entries)
+        return done
+
+    _last_error = ""
+
+    def _apply(
+        self, pairing: Pairing, spec: PairSpec, plan: Plan, snap: Snapshot, entry: Optional[Entry]
+    ) -> bool:
+        touches_standby = any(
+            isinstance(st, (Rename, Enslave)) and st.link == spec.standby for st in plan.steps
+        )
+        kept = dict(entry.kept) if entry is not None else {}
+        if touches_standby:
+            for i in self.integrations:
+                data = self._guarded(i, "capture", partial(i.capture, spec, snap))
+                if data is not None:
+                    kept[i.name] = data
+        # the journal first: nothing is changed before it is on disk
+        try:
+            self.journal.write(self._entry(spec, snap, entry, kept))
+        except OSError as e:
+            self._last_error = f"journal not written, nothing done: {e}"
+            log.error("%s: %s", spec.master_name, self._last_error)
+            return False
+        if touches_standby:
+            for i in self.integrations:
+                self._guarded(i, "before_touch", partial(i.before_touch, spec, snap))
+
+        def before_enslave(master: int, name: str) -> None:
+            for i in self.integrations:
+                data = kept.get(i.name) or {}
+                self._guarded(i, "before_enslave", partial(i.before_enslave, spec, master, name, data))
+
+        try:
+            self.executor.run(plan, snap.links, before_enslave if self.integrations else None)
+        except GuestfailError as e:
+            log.error("%s: %s", spec.master_name, e)
+            self._last_error = str(e)
+            return False
+        finally:
+            self._mark_members(plan)
+        return True
+
+    def _entry(self, spec: PairSpec, snap: Snapshot, entry: Optional[Entry], kept: dict[str, Any]) -> Entry:
+        sby = snap.links[spec.standby]
+        master = master_of(spec.key, spec.standby, snap)
+        if master is not None:
+            creating = entry.creating if entry is not None else ""
+        else:
+            creating = spec.master_name if self.cfg.backend == "team" else naming.temp_name(sby.ifindex)
+        t = now()
+        base = entry or Entry(
+            key=spec.key, op="pair", standby_name=spec.orig_name, mtu=spec.mtu, kind=self.cfg.backend, since=t
+        )
+        addresses = tuple(a for a in sby.addresses if movable(a))
+        merged = base.merged(addresses, tuple(snap.routes_via(sby.ifindex)), t)
+        primary_renamed: tuple[tuple[str, str], ...] = ()
+        if spec.primary_name and spec.primary_altname:
+            primary_renamed = ((spec.primary_name, spec.primary_altname),)
+        return Entry(
+            key=spec.key,
+            op="pair",
+            standby_name=base.standby_name or spec.orig_name,
+            mtu=base.mtu or spec.mtu,
+            addresses=merged.addresses,
+            routes=merged.routes,
+            master=spec.master_name,
+            creating=creating,
+            kind=self.cfg.backend,
+            since=merged.since,
+            kept=kept,
+            renamed=tuple(dict.fromkeys((*base.renamed, *primary_renamed))),
+        )
+
+    def _undo_leaked(self, snap: Snapshot, live: set[str], entries: dict[str, Entry]) -> int:
+        """Masters that serve no pair are released like `guestfail release`
+        does; a release that died after deleting its master is finished."""
+        done = 0
+        leaked = plan_leaked(snap, live)
+        for master, steps in leaked:
+            key = (master.marker or {}).get("key", "")
+            log.warning("releasing %s: a master guestfail made that serves no pair", master.name)
+            entry = release_entry(master, snap, now())
+            if entry is not None:
+                old = entries.get(key)
+                if old is not None:
+                    entry = entry.merged(old.addresses_now(), old.routes)
+                self.journal.write(entry)
+            done += len(steps)
+            try:
+                self.executor.run_steps(master.name, steps, snap.links)
+            except GuestfailError as e:
+                log.error("could not release %s: %s", master.name, e)
+                done -= len(steps)
+        gone_masters = {(m.marker or {}).get("key", "") for m, _ in leaked}
+        present = {standby_key(x) for x in snap.links.values() if not x.kind}
+        for key, entry in entries.items():
+            if key in live or key in gone_masters:
+                continue
+            if key not in present:
+                log.info("journal entry %s: its standby is gone; dropped", key)
+                self.journal.clear(key)
+                continue
+            steps = plan_finish_release(entry, snap)
+            if not steps:
+                self.journal.clear(key)
+                continue
+            done += len(steps)
+            try:
+                self.executor.run_steps(entry.standby_name, steps, snap.links)
+            except GuestfailError as e:
+                log.error("could not give %s back: %s", entry.standby_name, e)
+                done -= len(steps)
+        return done
+
+    # ------------------------------------------------------------ udev
+
+    def _mark_members(self, plan: Plan) -> None:
+        """udev re-reads a member after guestfail enslaved it, so the rules
+        mark it (they look at its master's marker)."""
+        for idx in (plan.spec.standby, plan.spec.primary):
+            if idx is None:
+                continue
+            link = self.nl.get_link(idx)
+            if link is not None:
+                self.sysfs.trigger_change(link.name)
+
+    def _write_claims(self, snap: Snapshot, result: MatchResult) -> None:
+        """Tell the udev rule which devices guestfail will take, so they are
+        marked unmanaged in the very event that announces them."""
+        try:
+            write_claims(self.state_dir / "claims", claims(self.cfg, snap, result, self.sysfs.pci_slots()))
+        except OSError as e:
+            log.warning("cannot write udev claims: %s", e)
+
+    # ------------------------------------------------------------ hooks
+
+    @staticmethod
+    def _guarded(integration: Integration, hook: str, call: Callable[[], T]) -> Optional[T]:
+        """An integration's failure is logged; the pass goes on."""
+        try:
+            return call()
+        except GuestfailError as e:
+            log.warning("%s (%s): %s", integration.name, hook, e)
+            return None
