@@ -1,5 +1,5 @@
 """Shell completion for `guestfail`, generated from its argparse parser
-(guestfail.cli.build_parser) with shtab.
+(guestfail.cli.commands.build_parser) with shtab.
 
     .venv/bin/python packaging/completions.py [OUTDIR]
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import shtab
 
-from guestfail.cli import build_parser
+from guestfail.cli.commands import build_parser
 
 # guestfail's masters: links whose ifalias carries guestfail's marker
 PREAMBLE = {

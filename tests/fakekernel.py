@@ -35,17 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail.model import (
-    IFF_LOWER_UP,
-    IFF_MASTER,
-    IFF_SLAVE,
-    IFF_UP,
-    Address,
-    BondState,
-    Link,
-    Route,
-)
-from guestfail.netlink import Dump, NetlinkFailure
+from guestfail.core.model import IFF_LOWER_UP, IFF_MASTER, IFF_SLAVE, IFF_UP, Address, BondState, Link, Route
+from guestfail.system.netlink import Dump, NetlinkFailure
 
 
 class Crashed(BaseException):

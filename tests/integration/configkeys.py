@@ -1,4 +1,4 @@
-"""The configuration keys guestfail/config.py accepts, read from its source.
+"""The configuration keys guestfail/core/config.py accepts, read from its source.
 
 `parse()` takes keys out of each TOML table through a `_Reader`
 (``agent.take("backend", ...)``, ``b.int_range("miimon", ...)``,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-CONFIG_PY = Path(__file__).resolve().parents[2] / "guestfail" / "config.py"
+CONFIG_PY = Path(__file__).resolve().parents[2] / "guestfail" / "core" / "config.py"
 _READER_METHODS = {"take", "choice", "int_range", "str_list"}
 
 

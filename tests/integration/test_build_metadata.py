@@ -102,7 +102,7 @@ def test_pyproject_leaves_licence_version_and_packages_to_setup_cfg() -> None:
     assert "[tool.setuptools" not in text, "setuptools 66 calls [tool.setuptools] beta (a warning)"
     assert not re.search(r"^license\s*=", text, re.MULTILINE)
     cfg = (REPO / "setup.cfg").read_text()
-    assert "license = GPL-2.0-or-later" in cfg and "packages = guestfail" in cfg
+    assert "license = GPL-2.0-or-later" in cfg and "include = guestfail*" in cfg
 
 
 def test_the_minimum_versions_are_the_oldest_tested() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from guestfail import cli
+from guestfail.cli import commands
 from tests.integration.conftest import PACKAGING, need_tool, run, system_env
 
 KEPT = PACKAGING / "completions"
@@ -58,8 +58,8 @@ def complete(scripts: Path, line: str, *, netns: str = "") -> list[str]:
 
 
 def test_commands_and_options_complete(scripts: Path) -> None:
-    commands = sorted(n for a in cli.build_parser()._actions if a.dest == "command" for n in a.choices)  # type: ignore[union-attr]
-    assert complete(scripts, "guestfail ") == commands
+    names = sorted(n for a in commands.build_parser()._actions if a.dest == "command" for n in a.choices)  # type: ignore[union-attr]
+    assert complete(scripts, "guestfail ") == names
     assert complete(scripts, "guestfail che") == ["check-config"]
     assert complete(scripts, "guestfail status --") == ["--help", "--json", "--no-dbus"]
     assert complete(scripts, "guestfail --v") == ["--verbose", "--version"]

@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - the 3.9 test run
     import tomli as tomllib
 
-from guestfail import config as gf_config
+from guestfail.core import config as gf_config
 from tests.integration.configkeys import config_keys
 from tests.integration.conftest import PACKAGING, guestfail_cli
 

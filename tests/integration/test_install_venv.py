@@ -29,7 +29,8 @@ for d in $WRITES; do mkdir -p "$d"; mount -t tmpfs tmpfs "$d"; done
 echo "== version"; /usr/local/bin/guestfail --version
 echo "== python"; /opt/guestfail/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'
 echo "== imports"
-/opt/guestfail/bin/python -c 'import guestfail.dbus_api, guestfail.metrics, guestfail.netlink, guestfail.udev
+/opt/guestfail/bin/python -c 'import guestfail.system.dbus, guestfail.system.metrics
+import guestfail.system.netlink, guestfail.system.udev
 import pyroute2, pyudev, dbus_fast, tenacity, prometheus_client; print("ok")'
 echo "== freeze"; /opt/guestfail/bin/pip freeze --all 2>/dev/null
 echo "== check-config"

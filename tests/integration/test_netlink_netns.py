@@ -18,12 +18,13 @@ from typing import Any, Callable, TypeVar
 
 import pytest
 
-from guestfail.apply import BondBackend, Executor
-from guestfail.config import Config
-from guestfail.model import Address, Route, Snapshot
-from guestfail.netlink import LinkMonitor, Netlink, NetlinkFailure, movable_route
-from guestfail.plan import MoveAddresses
-from guestfail.sysfs import Sysfs
+from guestfail.agent.executor import Executor
+from guestfail.backends.bond import BondBackend
+from guestfail.core.config import Config
+from guestfail.core.model import Address, Route, Snapshot
+from guestfail.core.plan import MoveAddresses
+from guestfail.system.netlink import LinkMonitor, Netlink, NetlinkFailure, movable_route
+from guestfail.system.sysfs import Sysfs
 
 pytestmark = pytest.mark.netns
 T = TypeVar("T")

@@ -33,8 +33,8 @@ from tests.integration.conftest import (
 DEB_FILES = [
     "/usr/bin/guestfail",
     "/usr/lib/python3/dist-packages/guestfail/__init__.py",
-    "/usr/lib/python3/dist-packages/guestfail/cli.py",
-    "/usr/lib/python3/dist-packages/guestfail/daemon.py",
+    "/usr/lib/python3/dist-packages/guestfail/cli/commands.py",
+    "/usr/lib/python3/dist-packages/guestfail/agent/daemon.py",
     f"/usr/lib/python3/dist-packages/guestfail-{__version__}.dist-info/entry_points.txt",
     "/lib/systemd/system/guestfail.service",
     "/lib/udev/rules.d/81-guestfail.rules",
@@ -257,7 +257,7 @@ RPM_FILES = {
     "guestfail": [
         "/usr/bin/guestfail",
         "/usr/lib/python3.*/site-packages/guestfail/__init__.py",
-        "/usr/lib/python3.*/site-packages/guestfail/cli.py",
+        "/usr/lib/python3.*/site-packages/guestfail/cli/commands.py",
         f"/usr/lib/python3.*/site-packages/guestfail-{re.escape(__version__)}.dist-info/METADATA",
         "/usr/lib/systemd/system/guestfail.service",
         "/usr/lib/udev/rules.d/81-guestfail.rules",

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfail import config
-from guestfail.config import parse
-from guestfail.errors import ConfigError
+from guestfail.core import config
+from guestfail.core.config import parse
+from guestfail.core.errors import ConfigError
 
 FULL = """
 [agent]

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from guestfail.daemon import Daemon
-from guestfail.errors import NotFound, SystemRefused
-from guestfail.netlink import Batch, LinkEvent, NetlinkFailure
-from guestfail.state import PairRecord
-from guestfail.sysfs import Sysfs
+from guestfail.agent.daemon import Daemon
+from guestfail.core.errors import NotFound, SystemRefused
+from guestfail.core.records import PairRecord
+from guestfail.system.netlink import Batch, LinkEvent, NetlinkFailure
+from guestfail.system.sysfs import Sysfs
 
 from .test_reconcile import World, assert_paired
 
@@ -26,7 +26,7 @@ from .test_reconcile import World, assert_paired
 async def daemon(w: World, agent: str = "") -> AsyncIterator[Daemon]:
     """guestfail run, with the in-memory kernel as its netlink."""
     if agent:
-        from guestfail.config import parse
+        from guestfail.core.config import parse
 
         w.cfg = parse(f'[agent]\nstate_dir = "{w.state}"\n{agent}')
     d = Daemon(w.cfg, sysfs=Sysfs(w.tmp / "sys"), use_udev=False, use_dbus=False, rtnl=lambda: w.k)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestfail.config import Config
-from guestfail.discover import assemble
-from guestfail.match import match
-from guestfail.sysfs import Sysfs
-from guestfail.udev import UdevInfo
+from guestfail.core.config import Config
+from guestfail.core.match import match
+from guestfail.system.observe import assemble
+from guestfail.system.sysfs import Sysfs
+from guestfail.system.udev import UdevInfo
 
 from ..fakesys import FakeSys
 from .test_netlink_parse import load_dump

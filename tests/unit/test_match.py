@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from guestfail.config import Config, parse
-from guestfail.match import Pairing, claims, match, slot_serial, standby_key
-from guestfail.model import BondState, Link, Snapshot, make_marker, parse_marker
+from guestfail.core.config import Config, parse
+from guestfail.core.match import Pairing, claims, match, slot_serial, standby_key
+from guestfail.core.model import BondState, Link, Snapshot, make_marker, parse_marker
 
 from .conftest import link, vf, virtio
 

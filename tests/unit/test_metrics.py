@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
-from guestfail import metrics
-from guestfail.pairstate import Facts, decide
-from guestfail.state import PairRecord, Switch, document
+from guestfail.core.decision import Facts, decide
+from guestfail.core.records import PairRecord, Switch, document
+from guestfail.system import metrics
 from tests.unit.test_daemon import daemon, event, paired
 
 T0 = 1_795_000_000.0  # a wall-clock time in 2026
@@ -220,7 +220,7 @@ def test_unwritable_is_logged_once_and_changes_nothing(
 ) -> None:
     path = tmp_path / "missing-dir" / "guestfail.prom"
     writer = metrics.Textfile()
-    with caplog.at_level(logging.WARNING, logger="guestfail.metrics"):
+    with caplog.at_level(logging.WARNING, logger="guestfail.system.metrics"):
         assert not writer.write(str(path), doc_of(record()))
         assert not writer.write(str(path), doc_of(record()))
     assert [r.getMessage() for r in caplog.records] == [
@@ -240,7 +240,7 @@ def test_without_prometheus_client_the_daemon_says_so_once(
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # not installed
     writer = metrics.Textfile()
-    with caplog.at_level(logging.ERROR, logger="guestfail.metrics"):
+    with caplog.at_level(logging.ERROR, logger="guestfail.system.metrics"):
         assert not writer.write(str(tmp_path / "guestfail.prom"), doc_of(record()))
         assert not writer.write(str(tmp_path / "guestfail.prom"), doc_of(record()))
     (msg,) = [r.getMessage() for r in caplog.records]

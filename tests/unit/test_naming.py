@@ -6,8 +6,8 @@ from typing import Literal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestfail import naming
-from guestfail.config import ifname_problem
+from guestfail.core import naming
+from guestfail.core.config import ifname_problem
 
 
 def test_short_names_get_the_suffix() -> None:

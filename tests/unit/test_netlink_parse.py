@@ -9,8 +9,8 @@ import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from guestfail.model import Link, Route
-from guestfail.netlink import Dump, movable_route, parse_addr, parse_link, split_messages
+from guestfail.core.model import Link, Route
+from guestfail.system.netlink import Dump, movable_route, parse_addr, parse_link, split_messages
 
 from .conftest import DATA
 
@@ -120,7 +120,7 @@ def test_an_overrun_keeps_the_events_read_before_and_after_it() -> None:
     dropped with it; now the batch has all of them and says events were lost."""
     import errno
 
-    from guestfail.netlink import LinkMonitor
+    from guestfail.system.netlink import LinkMonitor
 
     raw = (DATA / "vf-down.link.bin").read_bytes()
     mon = LinkMonitor.__new__(LinkMonitor)

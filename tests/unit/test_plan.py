@@ -4,10 +4,10 @@ import socket
 
 import pytest
 
-from guestfail.config import Config, parse
-from guestfail.match import match, standby_key
-from guestfail.model import Address, BondState, Link, Route, Snapshot, make_marker
-from guestfail.plan import (
+from guestfail.core.config import Config, parse
+from guestfail.core.match import match, standby_key
+from guestfail.core.model import Address, BondState, Link, Route, Snapshot, make_marker
+from guestfail.core.plan import (
     CreateMaster,
     DeleteMaster,
     Enslave,

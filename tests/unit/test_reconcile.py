@@ -10,14 +10,15 @@ from typing import Any, Optional
 
 import pytest
 
-from guestfail.apply import BondBackend
-from guestfail.config import Config, parse
-from guestfail.errors import NotFound
-from guestfail.journal import Journal
-from guestfail.model import Address, NextHop, Route
-from guestfail.reconcile import Outcome, Reconciler
-from guestfail.release import release
-from guestfail.sysfs import Sysfs
+from guestfail.agent.reconciler import Reconciler
+from guestfail.agent.release import release
+from guestfail.backends.bond import BondBackend
+from guestfail.core.config import Config, parse
+from guestfail.core.errors import NotFound
+from guestfail.core.interfaces import Outcome
+from guestfail.core.model import Address, NextHop, Route
+from guestfail.system.files import Journal
+from guestfail.system.sysfs import Sysfs
 from tests.fakekernel import Crashed, FakeKernel
 from tests.fakesys import FakeSys
 

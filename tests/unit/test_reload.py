@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from guestfail import config
-from guestfail import daemon as daemon_mod
-from guestfail.daemon import Daemon
+from guestfail.agent import daemon as daemon_mod
+from guestfail.agent.daemon import Daemon
+from guestfail.core import config
 
 
 def daemon_with(path: Path, text: str) -> Daemon:

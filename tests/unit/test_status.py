@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from guestfail import state, status
-from guestfail.config import parse
-from guestfail.discover import assemble
-from guestfail.errors import Exit
-from guestfail.pairstate import Health
+from guestfail.cli import status
+from guestfail.core import records as state
+from guestfail.core.config import parse
+from guestfail.core.decision import Health
+from guestfail.core.errors import Exit
+from guestfail.system import files
+from guestfail.system.observe import assemble
 
 from .test_discover import guest_sys
 from .test_netlink_parse import load_dump
@@ -63,7 +65,7 @@ def test_state_file_and_disagreements(tmp_path: Path) -> None:
         "latency_ms": 1.5,
         "by": "guestfail",
     }
-    state.write_atomic(Path(c.state_dir) / state.STATE_FILE, live)
+    files.write_atomic(Path(c.state_dir) / state.STATE_FILE, live)
     doc = status.gather(c, snap)
     assert doc["source"] == "state-file"
     assert doc["daemon"]["running"] is False  # no such process
@@ -84,10 +86,10 @@ def test_failed_beats_degraded_and_refusals_degrade() -> None:
 def test_unreadable_or_foreign_state_files_are_ignored(tmp_path: Path) -> None:
     p = tmp_path / "state.json"
     p.write_text("{not json")
-    assert state.read(p) is None
+    assert files.read(p) is None
     p.write_text(json.dumps({"schema": 99}))
-    assert state.read(p) is None
-    assert state.read(tmp_path / "absent.json") is None
+    assert files.read(p) is None
+    assert files.read(tmp_path / "absent.json") is None
 
 
 def test_json_schema_fields(tmp_path: Path) -> None:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from guestfail.apply import BondBackend
-from guestfail.config import Config
-from guestfail.model import Address
-from guestfail.netlink import LinkEvent
-from guestfail.state import PairRecord, Switch
-from guestfail.switcher import TRANSITIONS, BadTransition, Flight, State, Switcher
-from guestfail.sysfs import Sysfs
+from guestfail.agent.switcher import TRANSITIONS, BadTransition, Flight, State, Switcher
+from guestfail.backends.bond import BondBackend
+from guestfail.core.config import Config
+from guestfail.core.model import Address
+from guestfail.core.records import PairRecord, Switch
+from guestfail.system.netlink import LinkEvent
+from guestfail.system.sysfs import Sysfs
 from tests.fakekernel import FakeKernel
 
 M1 = "02:00:00:00:00:11"
@@ -253,7 +253,7 @@ def test_the_announcement_carries_the_addresses_the_master_has_after_the_switch(
         sent.append((idx, mac, [a.address for a in addrs]))
         return len(addrs)
 
-    monkeypatch.setattr("guestfail.announce.send", send)
+    monkeypatch.setattr("guestfail.system.packets.send", send)
 
     async def go() -> None:
         b.k.add_address(b.master, "ens11", Address(socket.AF_INET, "192.0.2.77", 24, valid_lft=30))
@@ -299,7 +299,7 @@ def test_leaving_a_state_cancels_its_timer() -> None:
 
 
 def test_prepare_unplug_while_a_switch_is_out_is_refused(bond: Bond) -> None:
-    from guestfail.errors import SystemRefused
+    from guestfail.core.errors import SystemRefused
 
     async def go() -> None:
         bond.carrier(bond.vf, False, 1000)

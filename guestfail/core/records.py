@@ -7,19 +7,14 @@ in the man page (STATUS JSON) and README.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-from guestfail.match import MatchResult
-from guestfail.model import Snapshot
-from guestfail.pairstate import Decision, Health
+from guestfail.core.decision import Decision, Health
+from guestfail.core.match import MatchResult
+from guestfail.core.model import Snapshot
 
 SCHEMA = 1
 STATE_FILE = "state.json"
@@ -150,27 +145,3 @@ def document(
         **sections,
         "disagreements": [],
     }
-
-
-def write_atomic(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def read(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("schema") == SCHEMA else None

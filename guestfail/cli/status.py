@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import state
-from guestfail.config import Config
-from guestfail.errors import Exit
-from guestfail.match import MatchResult, match
-from guestfail.model import Snapshot
-from guestfail.pairstate import Facts, decide
-from guestfail.plan import master_of
-from guestfail.state import PairRecord, match_sections
+from guestfail.core import records as state
+from guestfail.core.config import Config
+from guestfail.core.decision import Facts, decide
+from guestfail.core.errors import Exit
+from guestfail.core.match import MatchResult, match
+from guestfail.core.model import Snapshot
+from guestfail.core.plan import master_of
+from guestfail.core.records import PairRecord, match_sections
+from guestfail.system import files
 
 
 def live_records(cfg: Config, snap: Snapshot, result: MatchResult) -> list[PairRecord]:
@@ -110,7 +111,7 @@ def gather(
     doc = daemon_status() if daemon_status is not None else None
     if doc is None:
         path = Path(cfg.state_dir) / state.STATE_FILE
-        doc = state.read(path)
+        doc = files.read(path)
         if doc is not None:
             doc["source"] = "state-file"
             doc.setdefault("daemon", {})["running"] = pid_alive(doc.get("daemon", {}).get("pid"))

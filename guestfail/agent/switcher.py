@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Optional
 
-from guestfail import announce
-from guestfail.apply import Backend, retrying
-from guestfail.errors import GuestfailError, SystemRefused
-from guestfail.model import Link
-from guestfail.netlink import LinkEvent, NetlinkFailure, Rtnl
-from guestfail.pairstate import Decision, Facts, decide
-from guestfail.state import PairRecord, Switch
+from guestfail.agent.executor import retrying
+from guestfail.core.decision import Decision, Facts, decide
+from guestfail.core.errors import GuestfailError, SystemRefused
+from guestfail.core.interfaces import Backend
+from guestfail.core.model import Link
+from guestfail.core.records import PairRecord, Switch
+from guestfail.system import packets as announce
+from guestfail.system.netlink import LinkEvent, NetlinkFailure, Rtnl
 
 log = logging.getLogger(__name__)
 

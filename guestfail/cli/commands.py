@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from guestfail import __version__
-from guestfail import config as config_mod
-from guestfail.errors import Exit, GuestfailError, SystemRefused, UsageError
+from guestfail.core import config as config_mod
+from guestfail.core.errors import Exit, GuestfailError, SystemRefused, UsageError
 
 log = logging.getLogger("guestfail")
 
@@ -134,7 +134,7 @@ def dispatch(args: argparse.Namespace) -> int:
         )
         return Exit.OK
     if args.command == "run":
-        from guestfail import daemon
+        from guestfail.agent import daemon
 
         return daemon.run(cfg, use_dbus=not args.no_dbus)
     if args.command == "status":
@@ -145,11 +145,11 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from guestfail import status
-    from guestfail.discover import observe
-    from guestfail.netlink import Netlink
-    from guestfail.sysfs import Sysfs
-    from guestfail.udev import Udev
+    from guestfail.cli import status
+    from guestfail.system.netlink import Netlink
+    from guestfail.system.observe import observe
+    from guestfail.system.sysfs import Sysfs
+    from guestfail.system.udev import Udev
 
     nl = Netlink()
     try:
@@ -158,10 +158,10 @@ def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         nl.close()
     daemon_status = None
     if not args.no_dbus:
-        from guestfail import dbus_api
+        from guestfail.cli import client
 
         def daemon_status() -> Optional[dict[str, Any]]:
-            return dbus_api.call_status()
+            return client.call_status()
 
     doc = status.gather(cfg, snap, daemon_status)
     if args.json:
@@ -174,11 +174,12 @@ def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """What the package runs on removal: the plain setup comes back."""
-    from guestfail import status
-    from guestfail.netlink import Netlink
-    from guestfail.release import release
-    from guestfail.state import STATE_FILE, read
-    from guestfail.sysfs import Sysfs
+    from guestfail.agent.release import release
+    from guestfail.cli import status
+    from guestfail.core.records import STATE_FILE
+    from guestfail.system.files import read
+    from guestfail.system.netlink import Netlink
+    from guestfail.system.sysfs import Sysfs
 
     if not args.all and not args.pairs:
         raise UsageError("name the pairs to release, or use --all")
@@ -197,10 +198,10 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def _daemon_on_bus() -> bool:
     try:
-        from guestfail import dbus_api
+        from guestfail.cli import client
     except ImportError:  # no D-Bus library: no daemon on the bus either
         return False
-    return dbus_api.call_status() is not None
+    return client.call_status() is not None
 
 
 def _forget_nm_profiles(masters: set[str]) -> None:
@@ -208,8 +209,8 @@ def _forget_nm_profiles(masters: set[str]) -> None:
     user's own profile then applies to the standby again."""
     if not masters:
         return
-    from guestfail.dbus_api import BusClient, BusError
-    from guestfail.nm import NetworkManager
+    from guestfail.integrations.nmclient import NetworkManager
+    from guestfail.system.dbus import BusClient, BusError
 
     bus = BusClient(timeout=5.0)
     try:
@@ -225,14 +226,14 @@ def _forget_nm_profiles(masters: set[str]) -> None:
 
 def cmd_call(args: argparse.Namespace) -> int:
     """Commands the daemon carries out, over D-Bus."""
-    from guestfail import dbus_api
+    from guestfail.cli import client
 
     if args.command == "switch":
-        doc = dbus_api.call("Switch", "ss", [args.pair, args.member])
+        doc = client.call("Switch", "ss", [args.pair, args.member])
     elif args.command == "prepare-unplug":
-        doc = dbus_api.call("PrepareUnplug", "sd", [args.primary, args.timeout])
+        doc = client.call("PrepareUnplug", "sd", [args.primary, args.timeout])
     elif args.command == "rescan":
-        doc = dbus_api.call("Rescan", "", [])
+        doc = client.call("Rescan", "", [])
     else:  # pragma: no cover - argparse rejects it first
         raise UsageError(f"unknown command {args.command}")
     if doc is None:

@@ -1,28 +1,20 @@
-"""Integrations: what must hear about a pair's life besides the kernel.
-
-Each implements guestfail.reconcile.Integration (hooks: begin, capture,
-before_touch, before_enslave, after_run); the reconciler calls them without
-knowing which they are, the daemon decides which to load.
-
-* `NetworkManagerIntegration`: NetworkManager keeps configuring the guest
-  after a pair is built (see guestfail.nm for why and how).
-* `TeamdSupervision`: one teamd per team master must run; the daemon watches
-  the pids this reports and reconciles when one exits.
-"""
+"""NetworkManager as an integration (guestfail.core.interfaces.Integration):
+it keeps configuring the guest after a pair is built.  Why and how is in
+guestfail.integrations.nmclient, which makes the D-Bus calls."""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any, Optional
 
-from guestfail.config import Config
-from guestfail.errors import GuestfailError
-from guestfail.model import Snapshot
-from guestfail.plan import PairSpec, master_of
-from guestfail.reconcile import Outcome
+from guestfail.core.config import Config
+from guestfail.core.errors import GuestfailError
+from guestfail.core.interfaces import Outcome
+from guestfail.core.model import Snapshot
+from guestfail.core.plan import PairSpec
 
 if TYPE_CHECKING:
-    from guestfail.team import TeamBackend
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +44,8 @@ class NetworkManagerIntegration:
 
     def _client(self) -> Any:
         if self._nm is None:
-            from guestfail.dbus_api import BusClient
-            from guestfail.nm import NetworkManager
+            from guestfail.integrations.nmclient import NetworkManager
+            from guestfail.system.dbus import BusClient
 
             self._nm = NetworkManager(BusClient())
         return self._nm
@@ -72,7 +64,7 @@ class NetworkManagerIntegration:
         """What NetworkManager applied to the standby, before it goes."""
         if not self.active:
             return None
-        from guestfail.nm import settings_to_json
+        from guestfail.integrations.nmclient import settings_to_json
 
         applied = self._client().applied(snap.links[spec.standby].name)
         return {"applied": settings_to_json(applied)} if applied is not None else None
@@ -87,7 +79,7 @@ class NetworkManagerIntegration:
         detaches the members of a bond it takes over later."""
         if not self.active or master_name in self._done:
             return
-        from guestfail.nm import settings_from_json
+        from guestfail.integrations.nmclient import settings_from_json
 
         options = {
             "miimon": str(self.cfg.bond.miimon),
@@ -106,7 +98,7 @@ class NetworkManagerIntegration:
         profile."""
         if not self.active:
             return
-        from guestfail.nm import settings_from_json
+        from guestfail.integrations.nmclient import settings_from_json
 
         nm = self._client()
         snap = out.snap
@@ -162,42 +154,3 @@ class NetworkManagerIntegration:
                 nm.ensure_port(master.name, sby.name)
             except GuestfailError as e:
                 log.warning("NetworkManager: %s not handed back: %s", sby.name, e)
-
-
-class TeamdSupervision:
-    """Each team master has its teamd: started again (taking the device
-    over) where it is missing; the pids go to the daemon, which watches them."""
-
-    name = "teamd"
-
-    def __init__(self, backend: TeamBackend) -> None:
-        self.backend = backend
-
-    def begin(self) -> None:
-        pass
-
-    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
-        return None
-
-    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
-        pass
-
-    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
-        pass
-
-    def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
-        masters = []
-        for p in out.result.pairings:
-            master = master_of(p.key, p.standby, out.snap)
-            if master is None or master.kind != "team":
-                continue
-            masters.append(master)
-            try:
-                note = self.backend.check(master, out.snap.slaves_of(master.ifindex), p.primary)
-            except GuestfailError as e:
-                out.errors[p.key] = str(e)
-                continue
-            if note:
-                log.warning("%s", note)
-        if masters:
-            out.pids.update(self.backend.pids(masters))

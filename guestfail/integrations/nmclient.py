@@ -42,7 +42,7 @@ from typing import Any, Optional
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from guestfail.dbus_api import BusClient, BusError
+from guestfail.system.dbus import BusClient, BusError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from guestfail.config import Config, ExplicitPair, Selector
-from guestfail.model import ARPHRD_ETHER, Link, Snapshot
+from guestfail.core.config import Config, ExplicitPair, Selector
+from guestfail.core.model import ARPHRD_ETHER, Link, Snapshot
 
 NETVSC = "hv_netvsc"
 

@@ -13,23 +13,26 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from guestfail.apply import Backend, BondBackend, Executor
-from guestfail.config import Config
-from guestfail.discover import assemble
-from guestfail.errors import NotFound
-from guestfail.journal import Journal, now
-from guestfail.match import is_ours
-from guestfail.model import Link, Snapshot
-from guestfail.netlink import Rtnl
-from guestfail.plan import plan_finish_release, plan_release, release_entry
-from guestfail.sysfs import Sysfs
+from guestfail.agent.executor import Executor
+from guestfail.backends.bond import BondBackend
+from guestfail.core.config import Config
+from guestfail.core.errors import NotFound
+from guestfail.core.interfaces import Backend
+from guestfail.core.journal import now
+from guestfail.core.match import is_ours
+from guestfail.core.model import Link, Snapshot
+from guestfail.core.plan import plan_finish_release, plan_release, release_entry
+from guestfail.system.files import Journal
+from guestfail.system.netlink import Rtnl
+from guestfail.system.observe import assemble
+from guestfail.system.sysfs import Sysfs
 
 log = logging.getLogger(__name__)
 
 
 def _backend_for(kind: str, cfg: Config, nl: Rtnl, sysfs: Sysfs) -> Backend:
     if kind == "team":
-        from guestfail.team import TeamBackend
+        from guestfail.backends.team import TeamBackend
 
         return TeamBackend(cfg, nl, Path(cfg.state_dir))
     return BondBackend(cfg, nl, sysfs)

@@ -25,15 +25,51 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from guestfail import processes
-from guestfail.config import Config
-from guestfail.dbus_api import TeamdClient, TeamdError
-from guestfail.errors import SystemRefused
-from guestfail.model import Link, parse_marker
-from guestfail.netlink import Rtnl
-from guestfail.plan import CreateMaster
+from guestfail.core.config import Config
+from guestfail.core.errors import GuestfailError, SystemRefused
+from guestfail.core.interfaces import Outcome
+from guestfail.core.model import Link, Snapshot, parse_marker
+from guestfail.core.plan import CreateMaster, PairSpec, master_of
+from guestfail.system import processes
+from guestfail.system.dbus import BusClient, BusError
+from guestfail.system.netlink import Rtnl
 
 log = logging.getLogger(__name__)
+
+TEAMD_NAME = "org.libteam.teamd.{dev}"
+TEAMD_PATH = "/org/libteam/teamd"
+TEAMD_INTERFACE = "org.libteam.teamd"
+TeamdError = BusError
+
+
+class TeamdClient:
+    """teamd's D-Bus interface (``teamd -D``); replies are JSON text."""
+
+    def __init__(self, bus: Optional[BusClient] = None) -> None:
+        self.bus = bus or BusClient()
+
+    def call(self, dev: str, member: str, signature: str = "", body: Optional[list[Any]] = None) -> Any:
+        reply = self.bus.call(
+            TEAMD_NAME.format(dev=dev),
+            TEAMD_PATH,
+            TEAMD_INTERFACE,
+            member,
+            signature,
+            body,
+            f"teamd {dev}: {member}",
+        )
+        return reply[0] if reply else None
+
+    def running(self, dev: str) -> bool:
+        return self.bus.has_owner(TEAMD_NAME.format(dev=dev))
+
+    def state(self, dev: str) -> dict[str, Any]:
+        doc = json.loads(self.call(dev, "StateDump"))
+        return doc if isinstance(doc, dict) else {}
+
+    def close(self) -> None:
+        self.bus.close()
+
 
 PRIMARY_PRIO = 100
 HWADDR_BY_FAIL_OVER_MAC = {0: "same_all", 1: "by_active", 2: "only_active"}
@@ -176,3 +212,42 @@ class TeamBackend:
 
 def is_team_master(link: Link) -> bool:
     return link.kind == "team" and parse_marker(link.ifalias) is not None
+
+
+class TeamdSupervision:
+    """Each team master has its teamd: started again (taking the device
+    over) where it is missing; the pids go to the daemon, which watches them."""
+
+    name = "teamd"
+
+    def __init__(self, backend: TeamBackend) -> None:
+        self.backend = backend
+
+    def begin(self) -> None:
+        pass
+
+    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
+        return None
+
+    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
+        pass
+
+    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
+        pass
+
+    def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
+        masters = []
+        for p in out.result.pairings:
+            master = master_of(p.key, p.standby, out.snap)
+            if master is None or master.kind != "team":
+                continue
+            masters.append(master)
+            try:
+                note = self.backend.check(master, out.snap.slaves_of(master.ifindex), p.primary)
+            except GuestfailError as e:
+                out.errors[p.key] = str(e)
+                continue
+            if note:
+                log.warning("%s", note)
+        if masters:
+            out.pids.update(self.backend.pids(masters))

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Optional
 
-from guestfail.config import IFNAMSIZ, ifname_problem
+from guestfail.core.config import IFNAMSIZ, ifname_problem
 
 STANDBY_SUFFIX = "nsby"
 PRIMARY_SUFFIX = "npf"

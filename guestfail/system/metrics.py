@@ -4,7 +4,7 @@
 makes the daemon write this file, atomically (a temporary file in the same
 directory, renamed over it), every time it writes its state file: on every
 switch, reconciliation and change of a pair.  The metrics are rendered from
-the status document (`guestfail.state.document()`, STATUS JSON in
+the status document (`guestfail.core.records.document()`, STATUS JSON in
 guestfail(8)) plus what only a series of documents tells: the switches by
 reason and the latency histogram, counted from each pair's `switches` total
 and `history` (its last 32 switches; every switch writes a document, so none

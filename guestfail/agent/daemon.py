@@ -27,20 +27,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, metrics, processes
-from guestfail import config as config_mod
-from guestfail.apply import Backend, BondBackend
-from guestfail.config import Config
-from guestfail.errors import GuestfailError, NotFound, SystemRefused
-from guestfail.integrations import NetworkManagerIntegration, TeamdSupervision
-from guestfail.netlink import LinkEvent, LinkMonitor, Netlink, Rtnl
-from guestfail.notify import notify
-from guestfail.pairstate import decide
-from guestfail.reconcile import Integration, Outcome, Reconciler
-from guestfail.state import STATE_FILE, PairRecord, Switch, document, match_sections, write_atomic
-from guestfail.switcher import State, Switcher, facts, now_ns
-from guestfail.sysfs import Sysfs
-from guestfail.udev import Udev, UdevInfo
+from guestfail import __version__
+from guestfail.agent.reconciler import Reconciler
+from guestfail.agent.switcher import State, Switcher, facts, now_ns
+from guestfail.backends.bond import BondBackend
+from guestfail.backends.team import TeamdSupervision
+from guestfail.core import config as config_mod
+from guestfail.core.config import Config
+from guestfail.core.decision import decide
+from guestfail.core.errors import GuestfailError, NotFound, SystemRefused
+from guestfail.core.interfaces import Backend, Integration, Outcome
+from guestfail.core.records import STATE_FILE, PairRecord, Switch, document, match_sections
+from guestfail.integrations.networkmanager import NetworkManagerIntegration
+from guestfail.system import metrics, processes
+from guestfail.system.files import write_atomic
+from guestfail.system.netlink import LinkEvent, LinkMonitor, Netlink, Rtnl
+from guestfail.system.notify import notify
+from guestfail.system.sysfs import Sysfs
+from guestfail.system.udev import Udev, UdevInfo
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ class Daemon:
             self.networkmanager = NetworkManagerIntegration(cfg)
             integrations.append(self.networkmanager)
         if cfg.backend == "team":
-            from guestfail.team import TeamBackend
+            from guestfail.backends.team import TeamBackend
 
             assert isinstance(self._slow_backend, TeamBackend)
             integrations.append(TeamdSupervision(self._slow_backend))
@@ -127,7 +131,7 @@ class Daemon:
 
     def _make_backend(self, nl: Rtnl) -> Backend:
         if self.cfg.backend == "team":
-            from guestfail.team import TeamBackend
+            from guestfail.backends.team import TeamBackend
 
             return TeamBackend(self.cfg, nl, self.state_dir)
         return BondBackend(self.cfg, nl, self.sysfs)
@@ -223,7 +227,7 @@ class Daemon:
 
     async def _start_dbus(self) -> None:
         try:
-            from guestfail.dbus_api import DBusService
+            from guestfail.agent.server import DBusService
 
             self.dbus = DBusService(self)
             await self.dbus.start()
@@ -247,8 +251,8 @@ class Daemon:
                 self.request_reconcile("NetworkManager started")
 
         try:
-            from guestfail import nm as nm_mod
-            from guestfail.dbus_api import NameWatcher
+            from guestfail.integrations import nmclient as nm_mod
+            from guestfail.system.dbus import NameWatcher
 
             self._watcher = NameWatcher([nm_mod.NM], changed)
             await self._watcher.start()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from guestfail.model import VIRTIO_NET_F_STANDBY
+from guestfail.core.model import VIRTIO_NET_F_STANDBY
 
 
 @dataclass(frozen=True)

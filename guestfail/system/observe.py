@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-from guestfail.model import Link, Snapshot
-from guestfail.netlink import Dump, Netlink, movable_route
-from guestfail.sysfs import Sysfs
-from guestfail.udev import Udev, UdevInfo
+from guestfail.core.model import Link, Snapshot
+from guestfail.system.netlink import Dump, Netlink, movable_route
+from guestfail.system.sysfs import Sysfs
+from guestfail.system.udev import Udev, UdevInfo
 
 UdevReader = Callable[[str], UdevInfo]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from guestfail.errors import ConfigError, ConfigErrors
+from guestfail.core.errors import ConfigError, ConfigErrors
 
 if sys.version_info >= (3, 11):
     import tomllib

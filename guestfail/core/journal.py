@@ -23,18 +23,12 @@ from new devices anyway).  `Entry` and its (de)serialisation are pure.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Optional
 
-from guestfail.model import Address, NextHop, Route
+from guestfail.core.model import Address, NextHop, Route
 
 log = logging.getLogger(__name__)
 
@@ -119,77 +113,3 @@ def from_json(d: dict[str, Any]) -> Entry:
     d["routes"] = tuple(_route_from(r) for r in d.get("routes", ()))
     d["renamed"] = tuple((str(a), str(b)) for a, b in d.get("renamed", ()))
     return Entry(**d)
-
-
-# ------------------------------------------------------------------ files
-
-
-def _file_name(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json"
-
-
-class Journal:
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-
-    def path(self, key: str) -> Path:
-        return self.dir / _file_name(key)
-
-    def get(self, key: str) -> Optional[Entry]:
-        try:
-            with open(self.path(key), encoding="utf-8") as f:
-                return from_json(json.load(f))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, TypeError) as e:
-            log.error("journal entry %s unreadable (%s): ignored", self.path(key), e)
-            return None
-
-    def all(self) -> dict[str, Entry]:
-        out: dict[str, Entry] = {}
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return out
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(self.dir / name, encoding="utf-8") as f:
-                    e = from_json(json.load(f))
-            except (OSError, ValueError, TypeError) as err:
-                log.error("journal entry %s unreadable (%s): ignored", self.dir / name, err)
-                continue
-            out[e.key] = e
-        return out
-
-    def write(self, e: Entry) -> None:
-        """Durable before it returns: the data and the directory entry."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".entry-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(to_json(e), f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(e.key))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        self._sync_dir()
-
-    def clear(self, key: str) -> None:
-        try:
-            os.unlink(self.path(key))
-        except FileNotFoundError:
-            return
-        self._sync_dir()
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

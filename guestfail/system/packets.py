@@ -19,7 +19,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
-from guestfail.model import Address
+from guestfail.core.model import Address
 
 log = logging.getLogger(__name__)
 

@@ -25,21 +25,20 @@ names one.  Runs on one worker thread with its own netlink socket.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
-from guestfail import naming
-from guestfail.apply import Backend, Executor
-from guestfail.config import Config
-from guestfail.discover import UdevReader, assemble
-from guestfail.errors import GuestfailError
-from guestfail.journal import Entry, Journal, movable, now
-from guestfail.match import MatchResult, Pairing, claims, match, standby_key
-from guestfail.model import Snapshot
-from guestfail.netlink import Rtnl
-from guestfail.plan import (
+from guestfail.agent.executor import Executor
+from guestfail.core import naming
+from guestfail.core.config import Config
+from guestfail.core.errors import GuestfailError
+from guestfail.core.interfaces import Backend, Integration, Outcome
+from guestfail.core.journal import Entry, movable, now
+from guestfail.core.match import MatchResult, Pairing, claims, match, standby_key
+from guestfail.core.model import Snapshot
+from guestfail.core.plan import (
     Enslave,
     PairSpec,
     Plan,
@@ -52,53 +51,16 @@ from guestfail.plan import (
     release_entry,
     spec_for,
 )
-from guestfail.sysfs import Sysfs
-from guestfail.udev import write_claims
+from guestfail.system.files import Journal
+from guestfail.system.netlink import Rtnl
+from guestfail.system.observe import UdevReader, assemble
+from guestfail.system.sysfs import Sysfs
+from guestfail.system.udev import write_claims
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_PASSES = 4
-
-
-@dataclass
-class Outcome:
-    """What one reconciliation found and did."""
-
-    snap: Snapshot
-    result: MatchResult
-    masters: dict[str, Optional[int]] = field(default_factory=dict)  # key -> master ifindex
-    active: dict[str, Optional[int]] = field(default_factory=dict)  # key -> kernel's active member
-    pids: dict[str, int] = field(default_factory=dict)  # team master -> its teamd
-    errors: dict[str, str] = field(default_factory=dict)
-    steps: int = 0
-    passes: int = 0
-    verified: bool = False
-    final: bool = False  # the whole run is over (not one pass's observation)
-
-
-class Integration(Protocol):
-    """Something outside the kernel that must hear about a pair's life.
-    Hooks run on the reconciler's thread; one that raises GuestfailError is
-    logged and never stops the pass."""
-
-    name: str
-
-    def begin(self) -> None:
-        """A run starts (e.g. is the service there, did it restart)."""
-
-    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
-        """Before guestfail first touches the pair's standby: read what must
-        survive a crash (kept in the journal entry under `name`)."""
-
-    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
-        """Right before the first step on the standby (the journal is written)."""
-
-    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
-        """Once per plan, before the first member joins the master."""
-
-    def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
-        """After the last pass: `kept` maps pair keys to their journal data."""
 
 
 def _pair_complete(spec: PairSpec, snap: Snapshot) -> bool:

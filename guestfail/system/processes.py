@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-from guestfail.errors import SystemRefused
+from guestfail.core.errors import SystemRefused
 
 log = logging.getLogger(__name__)
 

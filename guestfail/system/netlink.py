@@ -22,8 +22,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
-from guestfail.errors import SystemRefused
-from guestfail.model import ARPHRD_ETHER, Address, BondState, Link, NextHop, Route
+from guestfail.core.errors import SystemRefused
+from guestfail.core.model import ARPHRD_ETHER, Address, BondState, Link, NextHop, Route
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,14 +12,13 @@ import errno
 import logging
 import os
 import signal
-from typing import Callable, ClassVar, Optional, Protocol, TypeVar
+from typing import Callable, ClassVar, Optional, TypeVar
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from guestfail.config import Config
-from guestfail.model import Link
-from guestfail.netlink import NetlinkFailure, Rtnl
-from guestfail.plan import (
+from guestfail.core.interfaces import Backend
+from guestfail.core.model import Link
+from guestfail.core.plan import (
     AddAddresses,
     CreateMaster,
     DeleteMaster,
@@ -34,7 +33,7 @@ from guestfail.plan import (
     SetUp,
     Step,
 )
-from guestfail.sysfs import Sysfs
+from guestfail.system.netlink import NetlinkFailure, Rtnl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,103 +57,6 @@ def retrying(fn: Callable[[], T], attempts: int = RETRY_ATTEMPTS) -> T:
         with attempt:
             return fn()
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-class Backend(Protocol):
-    """What differs between a bond and a team master."""
-
-    kind: str
-    cfg: Config
-
-    def create_master(self, step: CreateMaster) -> int: ...
-
-    def enslave(self, link: int, name: str, master: int, master_name: str) -> None: ...
-
-    def release(self, link: int, name: str, master: int, master_name: str) -> None: ...
-
-    def set_primary(self, master: int, master_name: str, slave: Optional[int], slave_name: str) -> None: ...
-
-    def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None: ...
-
-    def active(self, master: Link) -> Optional[int]:
-        """The active member of `master` (a link just read from the kernel)."""
-        ...
-
-    def delete_master(self, master: int, master_name: str) -> None: ...
-
-    def adopt_master(self, master: Link, step: CreateMaster) -> None:
-        """Make an unmarked master left by a crash what `step` would have
-        created (its marker, and whatever else create_master does after the
-        device exists)."""
-        ...
-
-    def close(self) -> None:
-        """Let go of what the backend holds (connections)."""
-        ...
-
-
-class BondBackend:
-    """An active-backup bond, configured over netlink (sysfs where pyroute2
-    has no mapping)."""
-
-    kind = "bond"
-
-    def __init__(self, cfg: Config, netlink: Rtnl, sysfs: Sysfs) -> None:
-        self.cfg = cfg
-        self.nl = netlink
-        self.sysfs = sysfs
-
-    def create_master(self, step: CreateMaster) -> int:
-        opts = self.cfg.bond
-        idx = self.nl.create_bond(
-            step.name,
-            step.mac,
-            step.mtu,
-            miimon=opts.miimon,
-            fail_over_mac=step.fail_over_mac,
-            num_peer_notif=opts.num_peer_notif,
-            all_slaves_active=1 if opts.all_slaves_active == "on" else 0,
-        )
-        self._finish(idx, step)
-        return idx
-
-    def _finish(self, idx: int, step: CreateMaster) -> None:
-        self.nl.set_ifalias(idx, step.name, step.marker)
-        # The first notification after a switch goes out at once; later ones
-        # (num_peer_notif > 1) one per miimon tick.  0 = miimon's default.
-        try:
-            self.sysfs.set_bonding_option(step.name, "peer_notif_delay", "0")
-        except OSError as e:  # kernels before 5.7 have no such option
-            log.debug("peer_notif_delay not set on %s: %s", step.name, e)
-
-    def adopt_master(self, master: Link, step: CreateMaster) -> None:
-        self._finish(master.ifindex, step)
-
-    def close(self) -> None:
-        pass
-
-    def enslave(self, link: int, name: str, master: int, master_name: str) -> None:
-        self.nl.set_master(link, name, master, master_name)
-
-    def release(self, link: int, name: str, master: int, master_name: str) -> None:
-        self.nl.set_master(link, name, 0, master_name)
-
-    def set_primary(self, master: int, master_name: str, slave: Optional[int], slave_name: str) -> None:
-        what = (
-            f"make {slave_name} the primary of {master_name}"
-            if slave
-            else f"clear the primary of {master_name}"
-        )
-        self.nl.set_bond(master, what, bond_primary=slave or 0)
-
-    def set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> None:
-        self.nl.set_bond(master, f"make {slave_name} active in {master_name}", bond_active_slave=slave)
-
-    def active(self, master: Link) -> Optional[int]:
-        return master.bond.active_slave if master.bond is not None else None
-
-    def delete_master(self, master: int, master_name: str) -> None:
-        self.nl.delete_link(master, master_name)
 
 
 #: Fault injection for the crash tests, off unless the environment asks:

@@ -16,11 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from guestfail import naming
-from guestfail.config import Config
-from guestfail.journal import Entry, movable
-from guestfail.match import Pairing, is_ours, standby_key
-from guestfail.model import Address, Link, Route, Snapshot, make_marker, parse_marker
+from guestfail.core import naming
+from guestfail.core.config import Config
+from guestfail.core.journal import Entry, movable
+from guestfail.core.match import Pairing, is_ours, standby_key
+from guestfail.core.model import Address, Link, Route, Snapshot, make_marker, parse_marker
 
 Ref = Union[int, str]  # ifindex, or the name of a master being built
 
