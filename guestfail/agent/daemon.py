@@ -37,8 +37,10 @@ from guestfail.core.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.core.interfaces import Backend, Integration, Outcome
 from guestfail.core.records import STATE_FILE, PairRecord, Switch, document, match_sections
 from guestfail.integrations.networkmanager import NetworkManagerIntegration, dbus_library
+from guestfail.system import metrics
 from guestfail.system.files import write_atomic
-from guestfail.system.netlink import LinkEvent, LinkMonitor, Netlink, Rtnl
+from guestfail.system.linkevents import LinkEvent, LinkMonitor
+from guestfail.system.netlink import Netlink, Rtnl
 from guestfail.system.notify import notify
 from guestfail.system.processes import PidWatch
 from guestfail.system.sysfs import Sysfs
@@ -115,6 +117,7 @@ class Daemon:
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
+        self.metrics = metrics.Textfile()  # [metrics] textfile, written with the state file
         self.networkmanager: Optional[NetworkManagerIntegration] = None
         integrations: list[Integration] = []
         if networkmanager_wanted(cfg):
@@ -430,13 +433,18 @@ class Daemon:
             write_atomic(self.state_dir / STATE_FILE, self.status())
         except OSError as e:
             log.warning("cannot write %s: %s", self.state_dir / STATE_FILE, e)
+        self.metrics.write(self.cfg.metrics.textfile, self.status())
         notify(f"STATUS={status_line(self.status())}")
 
 
 def run(cfg: Config, **kw: Any) -> int:
+    return asyncio.run(_main(cfg, **kw))
+
+
+async def _main(cfg: Config, **kw: Any) -> int:
+    # The daemon is made inside the running loop: on Python 3.9 an
+    # asyncio.Event binds to the loop current when it is made, and one made
+    # before asyncio.run() belongs to another loop ("attached to a different
+    # loop" at the first wait).
     daemon = Daemon(cfg, **kw)
-    return asyncio.run(_main(daemon))
-
-
-async def _main(daemon: Daemon) -> int:
     return await daemon.run()

@@ -40,7 +40,8 @@ from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
 from guestfail.core.records import PairRecord, Switch
 from guestfail.system import packets as announce
-from guestfail.system.netlink import LinkEvent, NetlinkFailure, Rtnl
+from guestfail.system.linkevents import LinkEvent
+from guestfail.system.netlink import NetlinkFailure, Rtnl
 
 log = logging.getLogger(__name__)
 

@@ -127,7 +127,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return int(action(config_mod.load(args.config), args))
     except GuestfailError as e:
-        print(f"guestfail: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:  # a bad configuration: one line per problem
+            print(f"guestfail: {line}", file=sys.stderr)
         return int(e.exit)
     except KeyboardInterrupt:
         return int(Exit.OK)

@@ -2,7 +2,9 @@
 frozen dataclasses.  Pure: `parse()` takes text; only `load()` reads a file.
 
 Every problem is one `ConfigError` naming the key (dotted, with list indexes,
-e.g. ``pair[1].primary.slot``) and what is wrong with it.
+e.g. ``pair[1].primary.slot``) and what is wrong with it; `parse()` finds
+them all and raises them together (`ConfigErrors`), one line each.  An
+unknown key that is close to a known one gets a "did you mean".
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from guestfail.core.errors import ConfigError
+from guestfail.core.tables import Problems, Reader, did_you_mean, type_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,6 +117,12 @@ class TeamOptions:
 
 
 @dataclass(frozen=True)
+class MetricsOptions:
+    #: node_exporter textfile to write (atomically) on every change; "" = none
+    textfile: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     backend: str = "bond"
     naming: str = "kernel"
@@ -132,88 +141,10 @@ class Config:
     drain_timeout: int = 120
     bond: BondOptions = field(default_factory=BondOptions)
     team: TeamOptions = field(default_factory=TeamOptions)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
     serials: tuple[StandbySerial, ...] = ()
     pairs: tuple[ExplicitPair, ...] = ()
     source: str = ""
-
-
-# ------------------------------------------------------------------ helpers
-
-
-class _Reader:
-    """Takes values out of one TOML table, so leftovers are unknown keys."""
-
-    def __init__(self, table: Any, path: str, source: str) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(path, f"must be a table, not {_tname(table)}", source)
-        self.table = dict(table)
-        self.path = path
-        self.source = source
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def err(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.key(name), problem, self.source)
-
-    def take(self, name: str, typ: type, default: Any) -> Any:
-        if name not in self.table:
-            return default
-        value = self.table.pop(name)
-        # bool is an int in Python; TOML keeps them apart, so do we.
-        if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise self.err(name, f"must be an integer, not {_tname(value)}")
-        if typ is not int and not isinstance(value, typ):
-            raise self.err(name, f"must be {_tname_of(typ)}, not {_tname(value)}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.take(name, str, default)
-        if value not in choices:
-            raise self.err(name, f"must be one of {', '.join(choices)}, not {value!r}")
-        return str(value)
-
-    def int_range(self, name: str, lo: int, hi: int, default: int) -> int:
-        value = int(self.take(name, int, default))
-        if not lo <= value <= hi:
-            raise self.err(name, f"must be between {lo} and {hi}, not {value}")
-        return value
-
-    def str_list(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.take(name, list, None)
-        if value is None:
-            return default
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(
-                    f"{self.key(name)}[{i}]", f"must be a string, not {_tname(item)}", self.source
-                )
-        return tuple(value)
-
-    def done(self) -> None:
-        if self.table:
-            name = sorted(self.table)[0]
-            raise self.err(name, "unknown key")
-
-
-def _tname(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
-
-
-def _tname_of(typ: type) -> str:
-    return {str: "a string", bool: "a boolean", list: "an array", dict: "a table"}.get(typ, typ.__name__)
 
 
 def normalise_mac(value: str) -> Optional[str]:
@@ -221,49 +152,58 @@ def normalise_mac(value: str) -> Optional[str]:
     return v if _MAC_RE.match(v) else None
 
 
-def _selector(table: Any, path: str, source: str, keys: tuple[str, ...]) -> Selector:
+def _selector(table: Any, path: str, problems: Problems, keys: tuple[str, ...]) -> Optional[Selector]:
+    """The selector, or None with its problems recorded."""
     if not isinstance(table, dict):
-        raise ConfigError(path, f"must be a table like {{ {keys[0]} = ... }}, not {_tname(table)}", source)
+        problems.add(path, f"must be a table like {{ {keys[0]} = ... }}, not {type_name(table)}")
+        return None
     present = [k for k in table if k in keys]
-    unknown = [k for k in table if k not in keys]
+    unknown = sorted(k for k in table if k not in keys)
+    for k in unknown:
+        close = did_you_mean(k, keys)
+        hint = f"{close[:-1]} use one of" if close else " (use one of"
+        problems.add(f"{path}.{k}", f"unknown key{hint} {', '.join(keys)})")
     if unknown:
-        raise ConfigError(
-            f"{path}.{sorted(unknown)[0]}", f"unknown key (use one of {', '.join(keys)})", source
-        )
+        return None
     if len(present) != 1:
-        raise ConfigError(path, f"needs exactly one of {', '.join(keys)}", source)
+        problems.add(path, f"needs exactly one of {', '.join(keys)}")
+        return None
     key = present[0]
     value = table[key]
     where = f"{path}.{key}"
     if key == "serial":
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-            raise ConfigError(where, "must be an integer from 0 to 4294967295", source)
+            problems.add(where, "must be an integer from 0 to 4294967295")
+            return None
         return Selector(key, str(value))
     if not isinstance(value, str):
-        raise ConfigError(where, f"must be a string, not {_tname(value)}", source)
+        problems.add(where, f"must be a string, not {type_name(value)}")
+        return None
+    problem: Optional[str] = None
     if key == "name":
-        problem = ifname_problem(value)
-        if problem:
-            raise ConfigError(where, f"{value!r} is not an interface name: it {problem}", source)
-        return Selector(key, value)
-    if key == "mac":
+        why = ifname_problem(value)
+        if why:
+            problem = f"{value!r} is not an interface name: it {why}"
+    elif key == "mac":
         mac = normalise_mac(value)
         if mac is None:
-            raise ConfigError(where, f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)", source)
-        return Selector(key, mac)
-    if key == "pci":
-        v = value.lower()
-        if not _PCI_RE.match(v):
-            raise ConfigError(where, f"{value!r} is not a PCI address (0000:02:00.0)", source)
-        return Selector(key, v)
-    if key == "vmbus":
-        v = value.lower()
-        if not _VMBUS_RE.match(v):
-            raise ConfigError(where, f"{value!r} is not a VMBus device id (a GUID)", source)
-        return Selector(key, v)
+            problem = f"{value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+        else:
+            value = mac
+    elif key == "pci":
+        if not _PCI_RE.match(value.lower()):
+            problem = f"{value!r} is not a PCI address (0000:02:00.0)"
+        value = value.lower()
+    elif key == "vmbus":
+        if not _VMBUS_RE.match(value.lower()):
+            problem = f"{value!r} is not a VMBus device id (a GUID)"
+        value = value.lower()
     # slot: a PCI slot name as the kernel shows it in /sys/bus/pci/slots
-    if not value or "/" in value or len(value) > 64 or not value.isprintable() or value in (".", ".."):
-        raise ConfigError(where, f"{value!r} is not a PCI slot name", source)
+    elif not value or "/" in value or len(value) > 64 or not value.isprintable() or value in (".", ".."):
+        problem = f"{value!r} is not a PCI slot name"
+    if problem:
+        problems.add(where, problem)
+        return None
     return Selector(key, value)
 
 
@@ -271,7 +211,8 @@ def _selector(table: Any, path: str, source: str, keys: tuple[str, ...]) -> Sele
 
 
 def parse(text: str, source: str = "") -> Config:
-    """Validate a TOML document into a Config, or raise one ConfigError."""
+    """Validate a TOML document into a Config, or raise a ConfigError that
+    names every problem (a ConfigErrors when there are several)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -279,35 +220,35 @@ def parse(text: str, source: str = "") -> Config:
     except (ValueError, RecursionError) as e:  # e.g. deeply nested arrays
         raise ConfigError("", f"not valid TOML: {e}", source) from None
 
-    root = _Reader(doc, "", source)
-    agent = _Reader(root.take("agent", dict, {}), "agent", source)
+    problems = Problems(source)
+    root = Reader(doc, "", problems)
+    agent = Reader(root.take("agent", dict, {}), "agent", problems)
     backend = agent.choice("backend", BACKENDS, "bond")
     naming = agent.choice("naming", NAMINGS, "kernel")
     master_name = agent.take("master_name", str, "gf{n}")
-    _check_template(master_name, "agent.master_name", source)
+    if not _check_template(master_name, "agent.master_name", problems):
+        master_name = "gf{n}"
     master_policy = agent.choice("master_policy", MASTER_POLICIES, "on-pair")
     rules = agent.str_list("match", RULES)
     for i, r in enumerate(rules):
         if r not in RULES:
-            raise ConfigError(f"agent.match[{i}]", f"must be one of {', '.join(RULES)}, not {r!r}", source)
+            problems.add(f"agent.match[{i}]", f"must be one of {', '.join(RULES)}, not {r!r}")
     if len(set(rules)) != len(rules):
-        raise ConfigError("agent.match", "lists a rule twice", source)
+        problems.add("agent.match", "lists a rule twice")
     extra_sby = agent.str_list("standby_drivers", ())
     primary_drivers = agent.str_list("primary_drivers", ())
     for key, drivers in (("standby_drivers", extra_sby), ("primary_drivers", primary_drivers)):
         for i, d in enumerate(drivers):
             if not _DRIVER_RE.match(d):
-                raise ConfigError(f"agent.{key}[{i}]", f"{d!r} is not a driver name", source)
+                problems.add(f"agent.{key}[{i}]", f"{d!r} is not a driver name")
     standby_drivers = tuple(dict.fromkeys(("virtio_net", "hv_netvsc", *extra_sby)))
     overlap = set(standby_drivers) & set(primary_drivers)
     if overlap:
-        raise ConfigError("agent.primary_drivers", f"{sorted(overlap)[0]} is also a standby driver", source)
+        problems.add("agent.primary_drivers", f"{sorted(overlap)[0]} is also a standby driver")
     ignore = agent.str_list("ignore", ())
     for i, item in enumerate(ignore):
         if normalise_mac(item) is None and ifname_problem(item) and not _PCI_RE.match(item.lower()):
-            raise ConfigError(
-                f"agent.ignore[{i}]", f"{item!r} is no interface name, MAC or PCI address", source
-            )
+            problems.add(f"agent.ignore[{i}]", f"{item!r} is no interface name, MAC or PCI address")
     ignore = tuple(normalise_mac(i) or i for i in ignore)
     state_dir = agent.take("state_dir", str, DEFAULT_STATE_DIR)
     announce = agent.take("announce", bool, True)
@@ -315,10 +256,10 @@ def parse(text: str, source: str = "") -> Config:
     networkmanager = agent.choice("networkmanager", ("auto", "off"), "auto")
     drain_timeout = agent.int_range("drain_timeout", 0, 86400, 120)
     if not state_dir.startswith("/"):
-        raise ConfigError("agent.state_dir", "must be an absolute path", source)
+        problems.add("agent.state_dir", "must be an absolute path")
     agent.done()
 
-    b = _Reader(root.take("bond", dict, {}), "bond", source)
+    b = Reader(root.take("bond", dict, {}), "bond", problems)
     bond = BondOptions(
         miimon=b.int_range("miimon", 0, 10000, 100),
         fail_over_mac=b.choice("fail_over_mac", FAIL_OVER_MAC, "auto"),
@@ -327,7 +268,7 @@ def parse(text: str, source: str = "") -> Config:
     )
     b.done()
 
-    t = _Reader(root.take("team", dict, {}), "team", source)
+    t = Reader(root.take("team", dict, {}), "team", problems)
     team = TeamOptions(
         teamd=t.take("teamd", str, "teamd"),
         hwaddr_policy=t.choice("hwaddr_policy", HWADDR_POLICIES, "auto"),
@@ -336,73 +277,90 @@ def parse(text: str, source: str = "") -> Config:
     )
     t.done()
 
-    serials = []
+    m = Reader(root.take("metrics", dict, {}), "metrics", problems)
+    textfile = m.take("textfile", str, "")
+    if textfile and not (textfile.startswith("/") and textfile.endswith(".prom")):
+        # node_exporter's textfile collector reads *.prom files only
+        m.err("textfile", f"must be an absolute path ending in .prom, not {textfile!r}")
+        textfile = ""
+    m.done()
+    metrics = MetricsOptions(textfile=textfile)
+
+    serials: list[tuple[int, StandbySerial]] = []
     raw_standbys = root.take("standby", list, [])
     for i, entry in enumerate(raw_standbys):
         path = f"standby[{i}]"
-        s = _Reader(entry, path, source)
-        if "match" not in s.table:
-            raise ConfigError(f"{path}.match", "is required", source)
-        sel = _selector(s.table.pop("match"), f"{path}.match", source, STANDBY_KEYS)
-        if "serial" not in s.table:
-            raise ConfigError(f"{path}.serial", "is required", source)
-        serial = s.take("serial", int, 0)
-        if not 0 <= serial < 2**32:
-            raise ConfigError(f"{path}.serial", "must be an integer from 0 to 4294967295", source)
+        s = Reader(entry, path, problems)
+        sel = None
+        if s.has("match"):
+            sel = _selector(s.table.pop("match"), f"{path}.match", problems, STANDBY_KEYS)
+        elif isinstance(entry, dict):
+            problems.add(f"{path}.match", "is required")
+        serial = None
+        if s.has("serial"):
+            serial = s.take("serial", int, None)
+            if serial is not None and not 0 <= serial < 2**32:
+                problems.add(f"{path}.serial", "must be an integer from 0 to 4294967295")
+                serial = None
+        elif isinstance(entry, dict):
+            problems.add(f"{path}.serial", "is required")
         require_mac = s.take("require_mac", bool, True)
         s.done()
-        serials.append(StandbySerial(sel, serial, require_mac))
+        if sel is not None and serial is not None:
+            serials.append((i, StandbySerial(sel, serial, require_mac)))
     seen_serials: dict[int, int] = {}
     seen_sby: dict[Selector, int] = {}
-    for i, st in enumerate(serials):
+    for i, st in serials:
         if st.serial in seen_serials:
-            raise ConfigError(
-                f"standby[{i}].serial",
-                f"{st.serial} is also standby[{seen_serials[st.serial]}]'s",
-                source,
-            )
-        seen_serials[st.serial] = i
+            problems.add(f"standby[{i}].serial", f"{st.serial} is also standby[{seen_serials[st.serial]}]'s")
+        else:
+            seen_serials[st.serial] = i
         if st.standby in seen_sby:
-            raise ConfigError(
-                f"standby[{i}].match", f"same standby as standby[{seen_sby[st.standby]}]", source
-            )
-        seen_sby[st.standby] = i
+            problems.add(f"standby[{i}].match", f"same standby as standby[{seen_sby[st.standby]}]")
+        else:
+            seen_sby[st.standby] = i
 
-    pairs = []
+    pairs: list[tuple[int, ExplicitPair]] = []
     raw_pairs = root.take("pair", list, [])
     for i, entry in enumerate(raw_pairs):
         path = f"pair[{i}]"
-        p = _Reader(entry, path, source)
+        p = Reader(entry, path, problems)
         label = p.take("name", str, f"pair{i}")
         if not label or not label.isprintable() or len(label) > 64:
-            raise ConfigError(f"{path}.name", "must be 1-64 printable characters", source)
-        for side in ("standby", "primary"):
-            if side not in p.table:
-                raise ConfigError(f"{path}.{side}", "is required", source)
-        sby = _selector(p.table.pop("standby"), f"{path}.standby", source, STANDBY_KEYS)
-        pri = _selector(p.table.pop("primary"), f"{path}.primary", source, PRIMARY_KEYS)
+            problems.add(f"{path}.name", "must be 1-64 printable characters")
+        sby = pri = None
+        if p.has("standby"):
+            sby = _selector(p.table.pop("standby"), f"{path}.standby", problems, STANDBY_KEYS)
+        elif isinstance(entry, dict):
+            problems.add(f"{path}.standby", "is required")
+        if p.has("primary"):
+            pri = _selector(p.table.pop("primary"), f"{path}.primary", problems, PRIMARY_KEYS)
+        elif isinstance(entry, dict):
+            problems.add(f"{path}.primary", "is required")
         master = p.take("master", str, "")
         if master:
             problem = ifname_problem(master)
             if problem:
-                raise ConfigError(
-                    f"{path}.master", f"{master!r} is not an interface name: it {problem}", source
-                )
+                problems.add(f"{path}.master", f"{master!r} is not an interface name: it {problem}")
         fom = p.take("fail_over_mac", str, "")
         if fom and fom not in FAIL_OVER_MAC:
-            raise ConfigError(f"{path}.fail_over_mac", f"must be one of {', '.join(FAIL_OVER_MAC)}", source)
+            problems.add(
+                f"{path}.fail_over_mac",
+                f"must be one of {', '.join(FAIL_OVER_MAC)}{did_you_mean(fom, FAIL_OVER_MAC)}",
+            )
         p.done()
-        pairs.append(ExplicitPair(label, sby, pri, master, fom))
-    for i, a in enumerate(pairs):
-        for j in range(i):
-            b2 = pairs[j]
+        if sby is not None and pri is not None:
+            pairs.append((i, ExplicitPair(label, sby, pri, master, fom)))
+    for n, (i, a) in enumerate(pairs):
+        for j, b2 in pairs[:n]:
             if a.label == b2.label:
-                raise ConfigError(f"pair[{i}].name", f"{a.label!r} is also pair[{j}]'s name", source)
+                problems.add(f"pair[{i}].name", f"{a.label!r} is also pair[{j}]'s name")
             if a.standby == b2.standby:
-                raise ConfigError(f"pair[{i}].standby", f"same standby as pair[{j}]", source)
+                problems.add(f"pair[{i}].standby", f"same standby as pair[{j}]")
             if a.master and a.master == b2.master:
-                raise ConfigError(f"pair[{i}].master", f"same master as pair[{j}]", source)
+                problems.add(f"pair[{i}].master", f"same master as pair[{j}]")
     root.done()
+    problems.raise_any()
 
     return Config(
         backend=backend,
@@ -420,8 +378,9 @@ def parse(text: str, source: str = "") -> Config:
         drain_timeout=drain_timeout,
         bond=bond,
         team=team,
-        serials=tuple(serials),
-        pairs=tuple(pairs),
+        metrics=metrics,
+        serials=tuple(st for _, st in serials),
+        pairs=tuple(pr for _, pr in pairs),
         source=source,
     )
 
@@ -430,27 +389,27 @@ def parse(text: str, source: str = "") -> Config:
 _TEMPLATE_SAMPLES = (("eth0", 0), ("enp0s20f0u1u2c3", 99), ("ünï", 1023))
 
 
-def _check_template(template: str, key: str, source: str) -> None:
+def _check_template(template: str, key: str, problems: Problems) -> bool:
     """The template must give a valid name for any standby.  With a short
     standby name the name must fit as it is; longer ones are cut by the
     naming rule (guestfail.naming.fit), so for those only the characters
-    count.  Everything else is an error now, not at pairing time."""
+    count.  Everything else is a problem now, not at pairing time."""
     for i, (standby, n) in enumerate(_TEMPLATE_SAMPLES):
         try:
             sample = template.format(n=n, standby=standby)
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
-            raise ConfigError(
-                key, f"bad template (placeholders are {{n}} and {{standby}}): {e}", source
-            ) from None
+            problems.add(key, f"bad template (placeholders are {{n}} and {{standby}}): {e}")
+            return False
         problem = ifname_problem(sample)
         if i > 0 and problem is not None and problem.startswith("is ") and "bytes long" in problem:
             problem = None  # cut to 15 bytes when used
         if problem:
-            raise ConfigError(
-                key, f"gives {sample!r} for a standby named {standby!r}, which {problem}", source
-            )
+            problems.add(key, f"gives {sample!r} for a standby named {standby!r}, which {problem}")
+            return False
     if "{n" not in template and "{standby" not in template:
-        raise ConfigError(key, "needs {n} or {standby} so that masters get different names", source)
+        problems.add(key, "needs {n} or {standby} so that masters get different names")
+        return False
+    return True
 
 
 def load(path: Optional[Path] = None) -> Config:

@@ -55,6 +55,26 @@ class ConfigError(GuestfailError):
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{key}: {problem}" if key else f"{where}{problem}")
 
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        """Each problem on its own (one line each)."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one file; `key` and `problem` are the first's, the
+    message has one line per problem."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.key, first.problem, first.source)
+        self._errors = tuple(errors)
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self._errors
+
 
 class SystemRefused(GuestfailError):
     """The kernel, a daemon or the permissions refused what we asked."""

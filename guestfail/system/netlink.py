@@ -4,8 +4,8 @@
   objects (pure; unit tests replay recorded dumps through them).
 * `Netlink`: dumps, reads and the switch path's requests through a small
   socket of its own (guestfail.system.nlsock), other changes through
-  pyroute2's `IPRoute` (0.7.2 as in Debian 12, and 0.9.x), imported only
-  when one is made.  pyroute2 0.9's synchronous IPRoute runs its own
+  pyroute2's `IPRoute` (0.6.4 as in Ubuntu 22.04, 0.7.2 as in Debian 12, and
+  0.9.x), imported only when one is made.  pyroute2 0.9's synchronous IPRoute runs its own
   event loop and must not be used inside a running one, so the daemon calls
   these methods from one worker thread (`guestfail.daemon`).
 * `LinkMonitor`: link events from a plain non-blocking netlink socket the
@@ -25,14 +25,13 @@ from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from guestfail.core.errors import SystemRefused
 from guestfail.core.model import Address, Link, Route
-from guestfail.system.nlsock import NlError, NlSocket, lean_pyroute2
+from guestfail.system.nlsock import NlError, NlSocket, lean_pyroute2, pyroute2_06
 from guestfail.system.rtnl import (
     FOREVER,
     ROUTE_FLAGS_KEPT,
     parse_addr,
     parse_link,
     parse_route,
-    split_messages,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,11 @@ T = TypeVar("T")
 
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_DELADDR = 21
+RTM_DELROUTE = 25
+RTM_DELQDISC = 37
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
 RTMGRP_LINK = 0x1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -126,6 +130,25 @@ class Rtnl(Protocol):
     def del_route(self, oif: int, name: str, r: Route) -> None: ...
 
 
+def _pyroute2_06(ipr: Any) -> bool:
+    """pyroute2 0.6, whose package maps onto pr2modules."""
+    return PYROUTE2_06
+
+
+def _delete(ipr: Any, msg_type: int) -> Any:
+    """The "del" command.  pyroute2 0.6 sends deletions with
+    NLM_F_CREATE|NLM_F_EXCL, which newer kernels refuse (EOPNOTSUPP; this
+    host's 6.18 does); there a (type, flags) pair, which its link(),
+    addr(), route() and tc() accept, sends the plain request later
+    pyroute2 sends."""
+    if _pyroute2_06(ipr):
+        return (msg_type, NLM_F_REQUEST | NLM_F_ACK)
+    return "del"
+
+
+PYROUTE2_06 = pyroute2_06()
+
+
 class Netlink:
     """Synchronous rtnetlink requests.  Not thread-safe: one thread uses it."""
 
@@ -137,8 +160,11 @@ class Netlink:
     def ipr(self) -> Any:
         """pyroute2's IPRoute, for the requests NlSocket does not make."""
         if self._ipr is None:
-            lean_pyroute2()
-            from pyroute2.iproute.linux import IPRoute
+            if PYROUTE2_06:
+                from pyroute2 import IPRoute  # its package is a map onto pr2modules
+            else:
+                lean_pyroute2()
+                from pyroute2.iproute.linux import IPRoute
 
             self._ipr = IPRoute()
         return self._ipr
@@ -226,7 +252,7 @@ class Netlink:
         return next((x for x in map(parse_link, links) if x.name == name or name in x.altnames), None)
 
     def delete_link(self, ifindex: int, name: str) -> None:
-        self._do(f"delete {name}", lambda: self.ipr.link("del", index=ifindex))
+        self._do(f"delete {name}", lambda: self.ipr.link(_delete(self.ipr, RTM_DELLINK), index=ifindex))
 
     # bonds
     def create_bond(
@@ -296,7 +322,7 @@ class Netlink:
         try:
             self._do(
                 f"remove guestfail's tc filter from {member_name}",
-                lambda: self.ipr.tc("del", "clsact", member),
+                lambda: self.ipr.tc(_delete(self.ipr, RTM_DELQDISC), "clsact", member),
             )
         except NetlinkFailure as e:
             if e.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
@@ -328,7 +354,8 @@ class Netlink:
             # request's own keys: give both
             kw["preferred"] = pref
             kw["valid"] = valid
-            kw["cacheinfo"] = {"preferred": pref, "valid": valid, "cstamp": 0, "tstamp": 0}
+            if not _pyroute2_06(self.ipr):  # 0.6 reads these keys; this dict beside them is EINVAL there
+                kw["cacheinfo"] = {"preferred": pref, "valid": valid, "cstamp": 0, "tstamp": 0}
         try:
             self._do(f"add {a.address}/{a.prefixlen} to {name}", lambda: self.ipr.addr("add", **kw))
         except NetlinkFailure as e:
@@ -343,7 +370,10 @@ class Netlink:
         else:
             kw["address"] = a.address
         try:
-            self._do(f"remove {a.address}/{a.prefixlen} from {name}", lambda: self.ipr.addr("del", **kw))
+            self._do(
+                f"remove {a.address}/{a.prefixlen} from {name}",
+                lambda: self.ipr.addr(_delete(self.ipr, RTM_DELADDR), **kw),
+            )
         except NetlinkFailure as e:
             if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH):
                 raise
@@ -360,7 +390,10 @@ class Netlink:
             if r.gateway:
                 kw["gateway"] = r.gateway
         try:
-            self._do(f"remove route {r.dst or 'default'} via {name}", lambda: self.ipr.route("del", **kw))
+            self._do(
+                f"remove route {r.dst or 'default'} via {name}",
+                lambda: self.ipr.route(_delete(self.ipr, RTM_DELROUTE), **kw),
+            )
         except NetlinkFailure as e:
             if e.code not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
                 raise
@@ -410,69 +443,3 @@ class Netlink:
         except NetlinkFailure as e:
             if e.code != errno.EEXIST:
                 raise
-
-
-# ------------------------------------------------------------------ events
-
-
-@dataclass(frozen=True)
-class LinkEvent:
-    deleted: bool
-    link: Link
-    t_ns: int  # when the daemon read it (CLOCK_MONOTONIC)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What one read gave: the events, in order, and whether the kernel
-    dropped some after them (then a resync must follow; the events read
-    before the overrun are still good and are handled first)."""
-
-    events: list[LinkEvent]
-    lost: str = ""
-
-
-class LinkMonitor:
-    """Link events on a non-blocking netlink socket (RTMGRP_LINK)."""
-
-    def __init__(self, rcvbuf: int = 4 << 20) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE (needs CAP_NET_ADMIN)
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind((0, RTMGRP_LINK))
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def read(self, now_ns: Callable[[], int]) -> Batch:
-        """Every event queued now; `lost` says when the kernel dropped some."""
-        lean_pyroute2()
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
-        out: list[LinkEvent] = []
-        lost = ""
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                return Batch(out, lost)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    # the kernel reports the overrun once, then gives what it
-                    # did queue: read on
-                    lost = "netlink socket overrun"
-                    continue
-                raise
-            t = now_ns()
-            for typ, chunk in split_messages(data):
-                if typ in (RTM_NEWLINK, RTM_DELLINK):
-                    msg = ifinfmsg(chunk)
-                    msg.decode()
-                    out.append(LinkEvent(typ == RTM_DELLINK, parse_link(msg), t))
-                elif typ == NLMSG_OVERRUN:
-                    lost = "netlink overrun message"

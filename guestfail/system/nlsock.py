@@ -16,6 +16,7 @@ imported only when a change is to be made.
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import importlib.util
 import itertools
 import os
@@ -47,8 +48,8 @@ def lean_pyroute2() -> None:
     """Make `import pyroute2.x.y` load x.y without pyroute2's package
     __init__ (a package module whose __path__ is pyroute2's directory).
     Nothing changes if pyroute2 was imported already (then it is whole)."""
-    if "pyroute2" in sys.modules:
-        return
+    if "pyroute2" in sys.modules or pyroute2_06():
+        return  # imported whole already, or 0.6, whose package maps onto pr2modules
     spec = importlib.util.find_spec("pyroute2")
     if spec is None or not spec.submodule_search_locations:
         return  # not installed: the import that follows says so
@@ -58,6 +59,15 @@ def lean_pyroute2() -> None:
     pkg.__file__ = spec.origin
     pkg.__package__ = "pyroute2"
     sys.modules["pyroute2"] = pkg
+
+
+def pyroute2_06() -> bool:
+    """Is pyroute2 0.6 installed (its package maps onto pr2modules)?  Read
+    from its metadata, without importing it."""
+    try:
+        return importlib.metadata.version("pyroute2").startswith("0.6.")
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 class NlError(OSError):

@@ -194,6 +194,17 @@ SCHEMA: dict[str, Any] = {
                         "link_watch_delay_down": _range(0, 60000, "Milliseconds. Default: 0."),
                     },
                 },
+                "metrics": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "textfile": {
+                            "type": "string",
+                            "pattern": "^(/.*\\.prom)?$",
+                            "description": "A node_exporter textfile (*.prom) to write. Default: none.",
+                        },
+                    },
+                },
                 "standby": {
                     "type": "array",
                     "description": "The serial rule: a standby and the serial of its VF's slot.",
@@ -234,7 +245,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 # The order tables and keys are written in: the schema's.
-_TABLES = ("agent", "bond", "team")
+_TABLES = ("agent", "bond", "team", "metrics")
 _ARRAYS = ("standby", "pair")
 
 MODULE_DESCRIPTION = """\

@@ -1,6 +1,6 @@
 """The configuration keys guestfail/core/config.py accepts, read from its source.
 
-`parse()` takes keys out of each TOML table through a `_Reader`
+`parse()` takes keys out of each TOML table through a `Reader`
 (``agent.take("backend", ...)``, ``b.int_range("miimon", ...)``,
 ``s.table.pop("match")``...).  Reading those calls from the AST gives the
 real key set, so the man page, the example configuration and the cloud-init
@@ -53,7 +53,7 @@ def config_keys(source: str | None = None) -> dict[str, set[str]]:
             and isinstance(node.targets[0], ast.Name)
             and isinstance(node.value, ast.Call)
             and isinstance(node.value.func, ast.Name)
-            and node.value.func.id == "_Reader"
+            and node.value.func.id == "Reader"
         ):
             path = node.value.args[1]
             if isinstance(path, ast.Name):

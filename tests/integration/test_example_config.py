@@ -43,8 +43,8 @@ def test_example_is_the_defaults() -> None:
 def test_example_sets_every_key_of_the_tables() -> None:
     doc = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     keys = config_keys()
-    assert set(doc) == {"agent", "bond", "team"}
-    for table in ("agent", "bond", "team"):
+    assert set(doc) == {"agent", "bond", "team", "metrics"}
+    for table in ("agent", "bond", "team", "metrics"):
         assert set(doc[table]) == keys[table], table
 
 

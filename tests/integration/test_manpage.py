@@ -238,6 +238,7 @@ def _defaults() -> dict[str, dict[str, Any]]:
         "agent": agent,
         "bond": dataclasses.asdict(gf_config.BondOptions()),
         "team": dataclasses.asdict(gf_config.TeamOptions()),
+        "metrics": dataclasses.asdict(gf_config.MetricsOptions()),
         "standby": {"require_mac": serial_fields["require_mac"]},
         "pair": {"master": pair_fields["master"], "fail_over_mac": pair_fields["fail_over_mac"]},
     }
@@ -318,6 +319,36 @@ def test_status_json_names_every_field(man: dict[str, list[str]]) -> None:
     assert {"schema", "health", "pairs", "latency_ms", "pid", "state_file_age_s"} <= fields
     missing = sorted(f for f in fields if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", text))
     assert missing == [], f"STATUS JSON does not mention {missing}"
+
+
+def test_metrics_names_every_metric(man: dict[str, list[str]]) -> None:
+    """METRICS lists every metric guestfail.system.metrics writes (without the
+    guestfail_ prefix; a histogram by its name)."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from guestfail.system import metrics
+    from tests.unit.test_metrics import doc_of, record, switch
+
+    rec = record()
+    switch(rec, 2, "ens4npf lost carrier", 12.0)
+    counters = metrics.Counters()
+    doc = doc_of(rec)
+    counters.update(doc)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry(doc, counters)).decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert {"guestfail_up", "guestfail_pair_switches_total", "guestfail_pair_switch_latency_seconds"} <= names
+    documented = " ".join(plain(x) for x in man["METRICS"])
+    missing = sorted(
+        n
+        for n in names
+        if not re.search(rf"(?<![\w]){re.escape(n[len('guestfail_') :])}(?![\w])", documented)
+    )
+    assert missing == [], f"METRICS does not mention {missing}"
 
 
 def test_dbus_api_names_every_method_signal_and_property(man: dict[str, list[str]]) -> None:

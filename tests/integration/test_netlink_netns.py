@@ -23,7 +23,8 @@ from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
 from guestfail.core.model import Address, Route, Snapshot
 from guestfail.core.steps import MoveAddresses
-from guestfail.system.netlink import LinkMonitor, Netlink, NetlinkFailure
+from guestfail.system.linkevents import LinkMonitor
+from guestfail.system.netlink import Netlink, NetlinkFailure
 from guestfail.system.rtnl import movable_route
 from guestfail.system.sysfs import Sysfs
 

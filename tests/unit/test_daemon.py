@@ -16,7 +16,8 @@ import pytest
 from guestfail.agent.daemon import Daemon
 from guestfail.core.errors import NotFound, SystemRefused
 from guestfail.core.records import PairRecord
-from guestfail.system.netlink import Batch, LinkEvent, NetlinkFailure
+from guestfail.system.linkevents import Batch, LinkEvent
+from guestfail.system.netlink import NetlinkFailure
 from guestfail.system.sysfs import Sysfs
 
 from .test_reconcile import World, assert_paired

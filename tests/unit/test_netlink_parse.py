@@ -121,7 +121,7 @@ def test_an_overrun_keeps_the_events_read_before_and_after_it() -> None:
     dropped with it; now the batch has all of them and says events were lost."""
     import errno
 
-    from guestfail.system.netlink import LinkMonitor
+    from guestfail.system.linkevents import LinkMonitor
 
     raw = (DATA / "vf-down.link.bin").read_bytes()
     mon = LinkMonitor.__new__(LinkMonitor)

@@ -16,7 +16,7 @@ from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
 from guestfail.core.model import Address
 from guestfail.core.records import PairRecord, Switch
-from guestfail.system.netlink import LinkEvent
+from guestfail.system.linkevents import LinkEvent
 from guestfail.system.sysfs import Sysfs
 from tests.fakekernel import FakeKernel
 
