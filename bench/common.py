@@ -31,7 +31,7 @@ GUEST_IP = "192.0.2.2"
 PEER_IP = "192.0.2.1"
 STATE_JSON = "/run/guestfail/state.json"
 
-# "<master>: active A -> B (reason, by guestfail|kernel in N ms)", as guestfail.daemon logs it
+# "<master>: active A -> B (reason, by guestfail|kernel in N ms)", as guestfail.agent.switcher logs it
 SWITCH_RE = re.compile(
     r"(?P<master>\S+): active (?P<frm>\S+) -> (?P<to>\S+) "
     r"\((?P<reason>.*), by (?P<by>guestfail|kernel)(?: in (?P<ms>[0-9.]+) ms)?\)\s*$"

@@ -42,7 +42,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from guestfail.errors import NotFound, SystemRefused
+from guestfail.core.errors import NotFound, SystemRefused
 from guestfail.probe.facts import ZERO_MAC, Netdev, Nic, VfConfig, VfDevice, normalize_mac
 from guestfail.probe.netlink import LinkEvents
 from guestfail.probe.packet import in_netns

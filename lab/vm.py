@@ -404,8 +404,14 @@ class Lab:
         self.request("signal", key=key, sig=sig)
 
     def wait_proc(self, key: str, timeout: float = 30) -> Optional[int]:
-        rc = self.request("wait_proc", timeout=timeout + 5, key=key)["rc"]
+        """The process's exit status, or None if it still runs after `timeout`."""
+        rc = self.request("wait_proc", timeout=timeout + 5, key=key, timeout_=timeout)["rc"]
         return None if rc is None else int(rc)
+
+    def pid(self, key: str) -> Optional[int]:
+        """The guest pid of a process started with spawn(), if it still runs."""
+        pid = self.request("pid", key=key)["pid"]
+        return None if pid is None else int(pid)
 
     def write_file(self, path: str, content: str, mode: Optional[int] = None) -> None:
         kw: dict[str, Any] = {"path": path, "content": content}

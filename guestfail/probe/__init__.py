@@ -1,9 +1,10 @@
 """guestfail-probe: does a host NIC steer a VF's MAC to the VF before the
 VF's driver is ready?
 
-A host-side command, apart from the guest agent: it imports nothing from the
-daemon's modules (only `guestfail.errors`).  Layers, each importing only the
-ones above it:
+A host-side command, apart from the guest agent.  May import: guestfail.core
+(its errors) and guestfail's version, nothing of the agent's layers
+(tests/unit/test_layers.py checks it).  Inside, each module imports only the
+ones listed above it:
 
 * `facts`: frozen snapshots of a PF, its VFs and their settings (data only);
 * `decide`: pure decisions: refusals, the steps of a run, what restoring

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from guestfail import __version__
-from guestfail.errors import GuestfailError, NotFound, SystemRefused, UsageError
+from guestfail.core.errors import GuestfailError, NotFound, SystemRefused, UsageError
 from guestfail.probe import decide, report
 from guestfail.probe.control import ControlFactory, KernelControl
 from guestfail.probe.decide import Options

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from guestfail.errors import NotFound, UsageError
+from guestfail.core.errors import NotFound, UsageError
 from guestfail.probe.errors import InUse
 from guestfail.probe.facts import ZERO_MAC, Netdev, Sender, Snapshot, VfConfig, VfDevice, is_unicast
 

@@ -1,7 +1,7 @@
 """guestfail-probe's exit codes and its own errors.
 
 The codes shared with `guestfail` (1, 2, 6, 7) mean the same in both
-commands (`guestfail.errors.Exit`); the verdicts and the probe's own outcomes
+commands (`guestfail.core.errors.Exit`); the verdicts and the probe's own outcomes
 have codes of their own.  Documented in guestfail-probe(8) and `--help`;
 they never change meaning.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from guestfail.errors import Exit, GuestfailError
+from guestfail.core.errors import Exit, GuestfailError
 
 
 class ProbeExit(IntEnum):

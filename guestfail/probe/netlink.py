@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
-from guestfail.errors import NotFound, SystemRefused
+from guestfail.core.errors import NotFound, SystemRefused
 from guestfail.probe.decide import VLAN_PREFIX
 from guestfail.probe.facts import ZERO_MAC, PfLink, VfConfig
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
-from guestfail.errors import NotFound, SystemRefused
+from guestfail.core.errors import NotFound, SystemRefused
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from guestfail import __version__
-from guestfail.errors import UsageError
+from guestfail.core.errors import UsageError
 from guestfail.probe.decide import STATE_TEXT, Options, Step
 from guestfail.probe.facts import Snapshot
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Optional
 
-from guestfail.errors import GuestfailError, SystemRefused
+from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.probe import decide
 from guestfail.probe.control import Control, ControlFactory, snapshot
 from guestfail.probe.decide import Count, Options, Step, Verdict

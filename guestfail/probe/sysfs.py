@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
 
-from guestfail.errors import NotFound, SystemRefused, UsageError
+from guestfail.core.errors import NotFound, SystemRefused, UsageError
 from guestfail.probe.facts import Netdev, Nic, VfDevice
 
 IFF_UP = 0x1

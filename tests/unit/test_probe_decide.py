@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from guestfail.errors import NotFound, UsageError
+from guestfail.core.errors import NotFound, UsageError
 from guestfail.probe import decide
 from guestfail.probe.decide import Count, Options, Step
 from guestfail.probe.errors import InUse

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from guestfail.errors import UsageError
+from guestfail.core.errors import UsageError
 from guestfail.probe import cli, decide, report
 from guestfail.probe.decide import Count, Options, Verdict
 from guestfail.probe.facts import Netdev, Nic, PfLink, Sender, Snapshot, VfConfig, VfDevice

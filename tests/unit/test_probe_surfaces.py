@@ -14,12 +14,12 @@ import pytest
 # first imported, and a unit test may not start processes
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from guestfail.errors import NotFound, SystemRefused, UsageError
-from guestfail.netlink import split_messages
+from guestfail.core.errors import NotFound, SystemRefused, UsageError
 from guestfail.probe import ethtool, packet
 from guestfail.probe.facts import Netdev, Nic, PfLink, Snapshot, VfConfig, VfDevice, normalize_mac
 from guestfail.probe.netlink import parse_pf_link, parse_vf_configs
 from guestfail.probe.sysfs import PciSysfs, parse_pci_ids
+from guestfail.system.rtnl import split_messages
 
 from .conftest import DATA
 
