@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from lab.sriov_model import differences
 from lab.topology import Nic, Port, Topology
 from lab.vm import Lab
 
+REPO = Path(__file__).resolve().parents[2]
 IGB_MAC = "02:00:00:00:01:01"
 TX_MAC = "02:00:00:00:01:02"
 NUMVFS = 2
@@ -96,7 +98,7 @@ def test_igb_is_late_the_pf_keeps_the_frames_and_all_is_restored(host: Host) -> 
     r = host.probe("--vf", "0", "--report", host.lab.guest_path("igb.json"))
     assert r.rc == 0, r.err
     doc = json.loads((host.lab.workdir / "igb.json").read_text())
-    print(r.out)
+    print(r.out, f"(the probe took {doc['seconds']} s in the guest)")
     assert doc["nic"]["driver"] == "igb" and (doc["nic"]["vendor"], doc["nic"]["device"]) == ("8086", "10c9")
     assert doc["vf"]["driver_before"] == "igbvf" and doc["vf"]["driver_in_c"] == "igbvf"
     assert doc["verdict"]["kind"] == "late" and doc["verdict"]["steered_at"] == ""
@@ -129,6 +131,17 @@ def test_igb_with_a_vlan(host: Host) -> None:
     assert differences(before, host.state()) == []
 
 
+def test_igb_with_debians_python_and_pyroute2(host: Host) -> None:
+    """The VF settings over netlink with Debian 12's pyroute2 0.7.2 as well
+    (the package runs on the distribution's libraries)."""
+    before = host.state()
+    argv = ["/usr/bin/python3", "-m", "guestfail.probe", "--pf", host.pf, "--sender", host.tx]
+    r = host.lab.run(*argv, "--vf", "1", "--json", env={"PYTHONPATH": str(REPO)}, check=False, timeout=300)
+    assert r.rc == 0, r.err
+    assert json.loads(r.out)["verdict"]["kind"] == "late"
+    assert differences(before, host.state()) == []
+
+
 def test_igb_sigterm_mid_probe_restores(host: Host) -> None:
     before = host.state()
     argv = [sys.executable, "-m", "guestfail.probe", "--pf", host.pf, "--vf", "0", "--sender", host.tx]
@@ -145,9 +158,10 @@ def test_igb_from_another_vf_through_the_nics_own_switch(host: Host) -> None:
     test MAC are switched inside the NIC (the 82576's VM-to-VM loopback),
     never reach the wire, and still land on the PF in every state."""
     lab = host.lab
-    # as on a host: the PF up first, then its VFs (their drivers then tell
-    # the PF the MACs they chose)
+    # as on a host: the PF up (its reset done: it has a link) first, then its
+    # VFs (their drivers then tell the PF the MACs they chose)
     lab.run("ip", "link", "set", host.pf, "up")
+    lab.wait_net([{"link": host.pf, "attr": "operstate", "eq": "up"}], timeout=60, what=f"{host.pf} up")
     numvfs = f"/sys/class/net/{host.pf}/device/sriov_numvfs"
     lab.run("sh", "-c", f"echo 0 > {numvfs} && echo {NUMVFS} > {numvfs}")
     lab.run("udevadm", "settle", "--timeout=60", timeout=90)
