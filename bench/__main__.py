@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm", type=int, help="soak: veth pairs per burst of the event storm (default 1000; --quick 300)"
     )
     g.add_argument("--seed", type=int, help="soak: random seed of the kill delays (default: the time)")
+    g.add_argument(
+        "--phases",
+        default=",".join(soak.PHASES),
+        help=f"soak: which phases, each in a guest of its own run (default {','.join(soak.PHASES)}); "
+        "on a 2-core TCG host each takes under 30 minutes alone",
+    )
     g = ap.add_argument_group("footprint")
     g.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 60; --quick 10)")
     return ap
@@ -118,7 +124,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         kills=pick(args.kills, 20, 2, q),
         storm=pick(args.storm, 1000, 300, q),
         seed=args.seed if args.seed is not None else int(time.time()),
+        phases=tuple(x for x in args.phases.split(",") if x),
     )
+    for ph in so.phases:
+        if ph not in soak.PHASES:
+            raise SystemExit(f"bench: unknown soak phase {ph!r} (known: {', '.join(soak.PHASES)})")
 
     jobs: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], str]]] = []
     if args.mode == "failover":
