@@ -206,8 +206,10 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             for k in sorted(set(a) | set(b), key=str):
                 walk(f"{path}.{k}", a.get(k), b.get(k))
         elif isinstance(a, list) and isinstance(b, list) and all(isinstance(x, dict) for x in a + b):
-            na = {str(x.get("ifname")): x for x in a}
-            nb = {str(x.get("ifname")): x for x in b}
+            # links by name; anything else (a PF's VF list) by position
+            named = all("ifname" in x for x in a + b)
+            na = {str(x["ifname"]) if named else str(i): x for i, x in enumerate(a)}
+            nb = {str(x["ifname"]) if named else str(i): x for i, x in enumerate(b)}
             for k in sorted(set(na) | set(nb)):
                 walk(f"{path}[{k}]", na.get(k), nb.get(k))
         elif a != b and not (path.endswith(".qdisc") and a == "noop"):

@@ -181,15 +181,17 @@ def _hwdb(paths: list[Path]) -> int:
 def _restore(args: argparse.Namespace, factory: ControlFactory, settings: Settings) -> int:
     if not args.pf:
         raise UsageError("--restore needs --pf")
-    done, left = restore_from_journal(factory, args.pf, settings)
-    if not done and not left:
+    back = restore_from_journal(factory, args.pf, settings)
+    if not back.done and not back.left:
         print(f"nothing to restore for {args.pf}")
         return ProbeExit.LATE
-    for d in done:
+    for d in back.done:
         print(f"restored: {d}")
-    for x in left:
+    for n in back.notes:
+        print(f"note: {n}")
+    for x in back.left:
         print(f"NOT restored: {x}")
-    return ProbeExit.NOT_RESTORED if left else ProbeExit.LATE
+    return ProbeExit.NOT_RESTORED if back.left else ProbeExit.LATE
 
 
 def _probe(args: argparse.Namespace, factory: ControlFactory, settings: Settings) -> int:

@@ -234,6 +234,38 @@ def driver_chose_mac(orig_vf: VfDevice, orig_cfg: VfConfig) -> bool:
     )
 
 
+def mac_told_to_pf(o_vf: VfDevice, o_cfg: VfConfig, n_vf: VfDevice, n_cfg: VfConfig) -> bool:
+    """igb: a VF whose driver started while the PF could not hear it shows
+    00:00:00:00:00:00 in the PF's VF list although its netdev has a MAC; the
+    driver tells the PF that MAC when it starts again with the PF up, and the
+    list shows it.  Set by no administrator either way, the same MAC on the
+    VF's netdev, the same driver: nothing to put back."""
+    return (
+        o_cfg.mac == ZERO_MAC
+        and is_host_driver(o_vf.driver)
+        and n_vf.driver == o_vf.driver
+        and o_vf.netdev is not None
+        and n_vf.netdev is not None
+        and n_cfg.mac == n_vf.netdev.mac == o_vf.netdev.mac
+    )
+
+
+def restore_notes(orig: Snapshot, now: Snapshot, vf_index: int) -> list[str]:
+    """Differences that remain after restoring but are not changes (see
+    `mac_told_to_pf`), one sentence each, for the report."""
+    o_vf, n_vf = orig.vf(vf_index), now.vf(vf_index)
+    o_cfg, n_cfg = orig.config(vf_index), now.config(vf_index)
+    if o_vf is None or n_vf is None or o_cfg is None or n_cfg is None or o_cfg.mac == n_cfg.mac:
+        return []
+    if mac_told_to_pf(o_vf, o_cfg, n_vf, n_cfg):
+        return [
+            f"{orig.pf.name}'s VF list shows VF {vf_index}'s MAC as {n_cfg.mac}, where it showed "
+            f"{o_cfg.mac}: its driver ({n_vf.driver}) told the PF the MAC it uses when it started "
+            "again; the MAC and who set it are as before"
+        ]
+    return []
+
+
 def restore_steps(orig: Snapshot, now: Snapshot, vf_index: int, *, first_pass: bool = True) -> list[Step]:
     """The changes that make `now` equal to `orig` again, in order; [] when
     nothing differs.  Call again after running them (a bound driver's netdev
@@ -242,7 +274,9 @@ def restore_steps(orig: Snapshot, now: Snapshot, vf_index: int, *, first_pass: b
     o_vf, n_vf = orig.vf(vf_index), now.vf(vf_index)
     o_cfg, n_cfg = orig.config(vf_index), now.config(vf_index)
     if o_vf is not None and n_vf is not None and o_cfg is not None and n_cfg is not None:
-        cfg_differs = _cfg_key(o_cfg) != _cfg_key(n_cfg)
+        cfg_differs = _cfg_key(o_cfg) != _cfg_key(n_cfg) and not (
+            (o_cfg.vlan, o_cfg.qos) == (n_cfg.vlan, n_cfg.qos) and mac_told_to_pf(o_vf, o_cfg, n_vf, n_cfg)
+        )
         driver_differs = n_vf.driver != o_vf.driver
         if n_vf.driver and (driver_differs or (cfg_differs and is_host_driver(n_vf.driver))):
             steps.append(Step("unbind", f"unbind VF {vf_index} from {n_vf.driver}"))

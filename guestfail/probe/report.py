@@ -88,6 +88,7 @@ def report_doc(res: Result) -> dict[str, Any]:
         "restored": res.changed and not res.not_restored,
         "restore_steps": res.restored,
         "not_restored": res.not_restored,
+        "restore_notes": res.restore_notes,
         "stopped_by": signal.Signals(res.signal).name if res.signal else None,
         "error": str(res.error) if res.error is not None else None,
         "seconds": res.seconds,
@@ -138,6 +139,8 @@ def human(res: Result) -> str:
         else:
             n = len(res.restored)
             lines.append(f"restored: everything the probe changed ({n} step{'s' if n != 1 else ''})")
+        for note in res.restore_notes:
+            lines.append(f"note: {note}")
     else:
         lines.append("nothing was changed")
     return "\n".join(lines) + "\n"

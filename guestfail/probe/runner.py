@@ -78,6 +78,7 @@ class Result:
     steps_done: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     not_restored: list[str] = field(default_factory=list)
+    restore_notes: list[str] = field(default_factory=list)
     signal: int = 0
     error: Optional[GuestfailError] = None
     c_driver: str = ""
@@ -223,7 +224,8 @@ class Run:
                         res.error = GuestfailError(f"internal error: {e!r}")
                 self.close_sockets()
                 if res.changed:
-                    res.restored, res.not_restored = restore(self.factory, orig, self.o.vf, self.settings)
+                    back = restore(self.factory, orig, self.o.vf, self.settings)
+                    res.restored, res.not_restored, res.restore_notes = back.done, back.left, back.notes
                 res.signal = res.signal or self._signal
             if not res.not_restored:
                 journal.remove()
@@ -360,12 +362,19 @@ def _pump(listeners: list[Listener], until: float) -> None:
 # ---------------------------------------------------------------- restoring
 
 
-def restore(
-    factory: ControlFactory, orig: Snapshot, vf_index: int, settings: Settings
-) -> tuple[list[str], list[str]]:
-    """Make the PF and the VF as they were in `orig`.  Returns what was done
-    and what still differs afterwards (empty: restored).  A netlink socket
-    and control of its own: the run's may have been interrupted mid-request."""
+@dataclass
+class Restored:
+    #: the restore steps run
+    done: list[str] = field(default_factory=list)
+    #: what still differs (empty: restored)
+    left: list[str] = field(default_factory=list)
+    #: differences that are not changes (decide.restore_notes)
+    notes: list[str] = field(default_factory=list)
+
+
+def restore(factory: ControlFactory, orig: Snapshot, vf_index: int, settings: Settings) -> Restored:
+    """Make the PF and the VF as they were in `orig`.  A netlink socket and
+    control of its own: the run's may have been interrupted mid-request."""
     done: list[str] = []
     failures: list[str] = []
     last: list[str] = []
@@ -394,16 +403,20 @@ def restore(
                 except GuestfailError as e:
                     log.error("restore: %s", e)
                     failures.append(str(e))
+        notes: list[str] = []
         try:
             final = snapshot(control, links, pf)
             left = [s.text for s in decide.restore_steps(orig, final, vf_index, first_pass=False)]
+            notes = decide.restore_notes(orig, final, vf_index)
         except GuestfailError as e:
             left = [f"cannot read {pf} back: {e}"]
     if left:
         for f in failures:
             if f not in left:
                 left.append(f)
-    return done, left
+    for note in notes:
+        log.info("restore: %s", note)
+    return Restored(done, left, notes)
 
 
 def _vf(control: Control, pf: str, index: int) -> Optional[VfDevice]:
@@ -465,19 +478,19 @@ def _restore_step(
         raise AssertionError(f"unknown restore step {a}")
 
 
-def restore_from_journal(factory: ControlFactory, pf: str, settings: Settings) -> tuple[list[str], list[str]]:
+def restore_from_journal(factory: ControlFactory, pf: str, settings: Settings) -> Restored:
     """`--restore`: put back what a killed probe of `pf` changed."""
     journal = Journal(settings.state_dir, pf)
     journal.lock()
     try:
         found = journal.read()
         if found is None:
-            return [], []
+            return Restored()
         orig, vf = found
         with _handlers(lambda s, f: log.warning("%s: restoring first", signal.Signals(s).name)):
-            done, left = restore(factory, orig, vf, settings)
-        if not left:
+            back = restore(factory, orig, vf, settings)
+        if not back.left:
             journal.remove()
-        return done, left
+        return back
     finally:
         journal.unlock()

@@ -283,3 +283,28 @@ def test_level() -> None:
         "all",
         "all",
     ]
+
+
+def test_a_mac_the_vf_driver_told_the_pf_later_is_not_a_change() -> None:
+    """igb: VFs whose driver started while the PF could not hear it show
+    00:00:00:00:00:00; started again with the PF up, the driver tells the PF
+    its MAC.  Unset by an administrator before and after, the same netdev
+    MAC: restored, with a note."""
+    mine = "9a:29:63:1c:a2:2d"
+    orig = snap(vfdev(0, "igbvf", nd(mac=mine)), vfdev(1), pf_up=True)
+    now = replace(
+        orig,
+        vfs=(vfdev(0, "igbvf", nd(mac=mine, ifindex=12)), orig.vfs[1]),
+        configs=(VfConfig(0, mine), VfConfig(1)),
+    )
+    assert decide.restore_steps(orig, now, 0) == []
+    (note,) = decide.restore_notes(orig, now, 0)
+    assert "shows VF 0's MAC as 9a:29:63:1c:a2:2d, where it showed 00:00:00:00:00:00" in note
+    # another MAC on the netdev, or another driver: a difference to put back
+    other = replace(
+        now,
+        vfs=(vfdev(0, "igbvf", nd(mac=TEST_MAC)), orig.vfs[1]),
+        configs=(VfConfig(0, TEST_MAC), VfConfig(1)),
+    )
+    assert [s.action for s in decide.restore_steps(orig, other, 0)] == ["unbind", "set_vf", "bind"]
+    assert decide.restore_notes(orig, other, 0) == []

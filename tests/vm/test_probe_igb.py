@@ -194,7 +194,19 @@ def test_igb_from_another_vf_through_the_nics_own_switch(host: Host) -> None:
         assert [s["pf"] for s in doc["states"]] == [50, 50, 50, 50]
         stop()
         assert on_wire.count(doc["test"]["mac"]) == 0, "test frames went out on the wire"
-        assert differences(before, host.state()) == []
+        # VFs made right after the PF came up: igbvf could not tell the PF its
+        # MAC (the list showed 00:00:00:00:00:00); started again, it does.  The
+        # probe says so in a note, and that is the only difference.
+        vf0_mac = lab.run(
+            "sh", "-c", f"cat /sys/class/net/{host.pf}/device/virtfn0/net/*/address"
+        ).out.strip()
+        told = f".links[{host.pf}].vfinfo_list[0].address: '00:00:00:00:00:00' -> '{vf0_mac}'"
+        diffs = differences(before, host.state())
+        if doc["restore_notes"]:
+            assert "its driver (igbvf) told the PF the MAC it uses" in doc["restore_notes"][0]
+            assert diffs == [told]
+        else:
+            assert diffs == []
     finally:
         lab.run("ip", "link", "set", vf1, "down")
         lab.run("ip", "link", "set", host.pf, "down")
