@@ -83,6 +83,12 @@ class Flight:
     why: str = ""
     # another event arrived while a request was out: decide again after it
     dirty: bool = False
+    # the request out: its target, the member active when it was decided,
+    # and when the kernel reported the target by itself meanwhile (its
+    # miimon or its own reselection was first)
+    target: Optional[int] = None
+    frm: Optional[int] = None
+    kernel_ns: Optional[int] = None
     # (previous active, when) while a new primary the bond already made
     # active is still being enslaved
     joining: Optional[tuple[Optional[int], int]] = None
@@ -239,7 +245,11 @@ class Switcher:
             # once it is known, as "joined"
             f.joining = (old, t_ns)
             return
-        if f.state in (State.SWITCHING, State.DRAINING) or old == active:
+        if f.state in (State.SWITCHING, State.DRAINING):
+            if active is not None and active == f.target and f.kernel_ns is None:
+                f.kernel_ns = t_ns  # the request's task records it, as the kernel's
+            return
+        if old == active:
             return
         latency = (t_ns - f.since_ns) / 1e6 if f.since_ns is not None else None
         self._record(rec, old, active, f.why or "the bond reselected", latency, "kernel")
@@ -265,6 +275,8 @@ class Switcher:
 
     def _start(self, rec: PairRecord, f: Flight, target: int) -> None:
         f.go(State.SWITCHING, f.why)
+        # now: the task may run after the kernel's next report
+        f.frm, f.target, f.kernel_ns = rec.active, target, None
         task = asyncio.ensure_future(self._switch(rec, f, target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -275,10 +287,12 @@ class Switcher:
         got there first (its miimon, or releasing a removed slave)."""
         loop = asyncio.get_running_loop()
         while True:
-            frm, master = rec.active, rec.master
+            frm, master = f.frm, rec.master
             assert master is not None
             names = rec.names()
             f.dirty = False
+            if f.target != target:
+                f.target, f.kernel_ns = target, None
             failure: Optional[NetlinkFailure] = None
             try:
                 rec.active = await loop.run_in_executor(
@@ -292,11 +306,14 @@ class Switcher:
             except NetlinkFailure as e:
                 failure = e  # the kernel's events kept rec.active current meanwhile
             t1 = now_ns()
+            kernel_first = f.kernel_ns
+            f.target = None
             if rec.active == target:
                 if frm != target:
-                    t0 = f.since_ns or t1
-                    by = "guestfail" if failure is None else "kernel"
-                    self._record(rec, frm, target, f.why or "switch", (t1 - t0) / 1e6, by)
+                    by = "guestfail" if failure is None and kernel_first is None else "kernel"
+                    t_done = kernel_first if kernel_first is not None else t1
+                    t0 = f.since_ns or t_done
+                    self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by)
                     self._announce_later(rec)
                 f.clear()
             elif failure is not None:
@@ -322,6 +339,7 @@ class Switcher:
                 f.clear()
                 return
             target = d.want_active
+            f.frm = rec.active
 
     def _retry(self, rec: PairRecord, f: Flight) -> None:
         f.timer = None
@@ -334,6 +352,7 @@ class Switcher:
             f.clear()
             return
         f.go(State.SWITCHING, f"retry: {f.why}")
+        f.frm, f.target, f.kernel_ns = rec.active, d.want_active, None
         task = asyncio.ensure_future(self._switch(rec, f, d.want_active))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

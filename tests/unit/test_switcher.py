@@ -309,3 +309,29 @@ def test_prepare_unplug_while_a_switch_is_out_is_refused(bond: Bond) -> None:
         await bond.sw.settle()
 
     run(go())
+
+
+def test_the_bonds_report_before_the_request_goes_out_is_recorded_as_the_kernels(bond: Bond) -> None:
+    """The bond's own report of the switch is read in the same loop turn as
+    the carrier event, before guestfail's request went out: the switch is
+    recorded once, as the kernel's, timed to the bond's report (it was lost:
+    the request's task took the member it switched from when it ran)."""
+
+    async def go() -> None:
+        bond.carrier(bond.vf, False, 1000)
+        await bond.sw.settle()
+        bond.switches.clear()
+        bond.k.set_carrier(bond.vf, True)  # the bond reselects its primary at once
+        bond.sw.link_event(bond.rec, bond.event(bond.vf, 2_000_000))
+        bond.bond_reports(5_000_000)
+        await bond.sw.settle()
+        (sw,) = bond.switches
+        assert (sw.frm, sw.to, sw.by, sw.reason) == (
+            "ens11nsby",
+            "ens11npf",
+            "kernel",
+            "ens11npf got carrier",
+        )
+        assert sw.latency_ms == pytest.approx(3.0)
+
+    run(go())
