@@ -188,6 +188,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        # node_exporter: guestfail_up 0 from now on (the pairs stay as they are)
+        self.metrics.write(self.cfg.metrics.textfile, self.status(), up=False)
         self.reconciling.close()
         if self._monitor is not None:
             loop.remove_reader(self._monitor.fileno())

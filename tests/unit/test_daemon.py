@@ -247,3 +247,18 @@ def _observed(d: Daemon) -> tuple[Any, Any]:
 
     snap = d.reconciler.observe()
     return snap, match(d.cfg, snap)
+
+
+def test_the_metrics_say_the_daemon_is_up_and_then_stopped(tmp_path: Path) -> None:
+    """The node_exporter textfile follows the daemon: up while it runs, 0
+    once it stopped (the pairs stay, nothing switches)."""
+    pytest.importorskip("prometheus_client")
+    w = paired(tmp_path)
+    prom = tmp_path / "guestfail.prom"
+
+    async def go() -> None:
+        async with daemon(w, f'\n[metrics]\ntextfile = "{prom}"\n'):
+            assert "guestfail_up 1.0" in prom.read_text()
+        assert "guestfail_up 0.0" in prom.read_text()
+
+    asyncio.run(go())
