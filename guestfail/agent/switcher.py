@@ -14,7 +14,7 @@ TRANSITIONS, logs `old -> new`, wakes whoever waits, and cancels the pair's
 timer when the state that armed it is left (pyroute2's DHCP client keeps its
 states the same way: dhcp/fsm.py and the `state` setter in dhcp/client.py).
 
-`decide()` (guestfail.pairstate) runs once per event; after a request
+`decide()` (guestfail.core.decision) runs once per event; after a request
 returns it runs again only if another event came while it was in flight.
 Announcements (gratuitous ARP, unsolicited NA) go out after the switch is
 confirmed and recorded, never before the request.  All of it runs on the
