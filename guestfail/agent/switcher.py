@@ -294,8 +294,9 @@ class Switcher:
             if f.target != target:
                 f.target, f.kernel_ns = target, None
             failure: Optional[NetlinkFailure] = None
+            sent_ns: Optional[int] = None
             try:
-                rec.active = await loop.run_in_executor(
+                rec.active, sent_ns = await loop.run_in_executor(
                     self.thread,
                     self._set_active,
                     master,
@@ -313,7 +314,8 @@ class Switcher:
                     by = "guestfail" if failure is None and kernel_first is None else "kernel"
                     t_done = kernel_first if kernel_first is not None else t1
                     t0 = f.since_ns or t_done
-                    self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by)
+                    sent = (sent_ns - t0) / 1e6 if sent_ns is not None else None
+                    self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by, sent)
                     self._announce_later(rec)
                 f.clear()
             elif failure is not None:
@@ -357,11 +359,16 @@ class Switcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> Optional[int]:
-        """(switch thread) The request, then one read of the master to confirm."""
+    def _set_active(
+        self, master: int, master_name: str, slave: int, slave_name: str
+    ) -> tuple[Optional[int], int]:
+        """(switch thread) The request, then one read of the master to
+        confirm.  Returns the active member and when the request went out
+        (the time from the event to it is guestfail's own share)."""
+        sent_ns = now_ns()
         retrying(lambda: self.backend.set_active(master, master_name, slave, slave_name), attempts=3)
         link = self.nl.get_link(master)
-        return self.backend.active(link) if link is not None else None
+        return (self.backend.active(link) if link is not None else None), sent_ns
 
     def _record(
         self,
@@ -371,12 +378,15 @@ class Switcher:
         why: str,
         latency: Optional[float],
         by: str,
+        sent: Optional[float] = None,
     ) -> None:
-        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by)
+        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by, sent)
         rec.history.append(sw)
         rec.switches += 1
         rec.decision = decide(rec.facts())
         lat = f" in {latency:.2f} ms" if latency is not None else ""
+        if sent is not None:
+            lat += f", request sent at {sent:.2f} ms"
         log.info(
             "%s: active %s -> %s (%s, by %s%s)", rec.master_name, sw.frm or "-", sw.to or "-", why, by, lat
         )
@@ -424,7 +434,7 @@ class Switcher:
         rec.drained = True
         loop = asyncio.get_running_loop()
 
-        def run() -> Optional[int]:
+        def run() -> tuple[Optional[int], int]:
             self.backend.set_primary(master, names.get(master, ""), None, "")
             return self._set_active(master, names.get(master, ""), sby, names.get(sby, ""))
 
@@ -432,7 +442,7 @@ class Switcher:
         done, _ = await asyncio.wait({fut}, timeout=timeout)
         if not done:
 
-            def late(_f: asyncio.Future[Optional[int]]) -> None:
+            def late(_f: asyncio.Future[tuple[Optional[int], int]]) -> None:
                 f.go(State.STEADY, "late answer to prepare-unplug")
                 self.undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
 
@@ -443,7 +453,7 @@ class Switcher:
             )
         f.go(State.STEADY, "prepare-unplug answered")
         try:
-            confirmed = fut.result()
+            confirmed, sent_ns = fut.result()
         except GuestfailError as e:
             self.undrain(rec, f"prepare-unplug failed: {e}")
             raise
@@ -452,7 +462,9 @@ class Switcher:
             self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
-            self._record(rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail")
+            self._record(
+                rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail", (sent_ns - t0) / 1e6
+            )
             self._announce_later(rec)
         f.clear()
         rec.decision = decide(rec.facts())

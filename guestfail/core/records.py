@@ -29,6 +29,7 @@ class Switch:
     reason: str
     latency_ms: Optional[float]  # event arrival -> kernel confirmed the new active member
     by: str  # "guestfail" or "kernel" (the bond's own miimon/primary reselection)
+    request_ms: Optional[float] = None  # event arrival -> guestfail's request went out (None: none was sent)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

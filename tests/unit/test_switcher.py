@@ -5,12 +5,15 @@ reselects by itself; events go in as the kernel reports them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from bench.common import parse_switches
 from guestfail.agent.switcher import TRANSITIONS, BadTransition, Flight, State, Switcher
 from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
@@ -111,12 +114,34 @@ def test_carrier_loss_switches_at_once_and_is_recorded(bond: Bond) -> None:
             "ens11npf lost carrier",
         )
         assert sw.latency_ms is not None and sw.latency_ms >= 0
+        # guestfail's own share: the event to its request, within the whole
+        assert sw.request_ms is not None and 0 <= sw.request_ms <= sw.latency_ms
         # the bond's own report of that switch is not recorded twice
         bond.bond_reports(2000)
         assert len(bond.switches) == 1
         assert bond.rec.decision is not None and bond.rec.decision.health.value == "degraded"
 
     run(go())
+
+
+def test_the_benchmarks_read_the_switch_log_line_the_switcher_writes(
+    bond: Bond, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bench reaction parses the daemon's log: the line's format and its
+    parser move together."""
+    caplog.set_level(logging.INFO, logger="guestfail.agent.switcher")
+
+    async def go() -> None:
+        bond.carrier(bond.vf, False, time.monotonic_ns())
+        await bond.sw.settle()
+
+    run(go())
+    (sw,) = bond.switches
+    (line,) = parse_switches(caplog.text)
+    assert (line.master, line.frm, line.to, line.by) == (bond.rec.master_name, sw.frm, sw.to, "guestfail")
+    assert line.reason == sw.reason
+    assert line.ms == pytest.approx(sw.latency_ms, abs=0.01)
+    assert line.sent_ms == pytest.approx(sw.request_ms, abs=0.01)
 
 
 def test_carrier_back_before_miimon_saw_it_waits_for_the_bond(bond: Bond) -> None:
@@ -143,6 +168,7 @@ def test_carrier_back_before_miimon_saw_it_waits_for_the_bond(bond: Bond) -> Non
             "ens11npf got carrier",
         )
         assert sw.latency_ms == pytest.approx(50.0)
+        assert sw.request_ms is None  # the switch was not guestfail's request's
         assert bond.flight().state == State.STEADY and bond.flight().timer is None
         assert bond.rec.decision is not None and bond.rec.decision.health.value == "healthy"
 
