@@ -67,7 +67,7 @@ def summarize(raw: str, top: int = 20) -> dict[str, Any]:
             total[f] = total.get(f, 0) + count
 
     def ranked(d: dict[str, int]) -> list[dict[str, Any]]:
-        rows = sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        rows = sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:top]  # ties by name: stable output
         return [
             {"function": f, "samples": c, "share": round(c / samples, 3) if samples else 0.0} for f, c in rows
         ]

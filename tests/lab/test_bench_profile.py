@@ -21,7 +21,7 @@ def test_self_and_total_samples_per_function() -> None:
     total = {r["function"]: r for r in prof["total"]}
     assert total["_on_netlink (daemon:266)"]["samples"] == 9
     assert total["_on_netlink (daemon:266)"]["share"] == 0.9
-    assert prof["total"][0]["function"] == "run (loop:1)"  # busiest first
+    assert [r["samples"] for r in prof["total"]][:3] == [9, 9, 6]  # busiest first
 
 
 def test_render_says_when_nothing_was_recorded() -> None:
