@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
+from guestfail.agent.flight import State
 from guestfail.agent.reconciler import Reconciler, Scheduler
-from guestfail.agent.switcher import State, Switcher, now_ns
+from guestfail.agent.switcher import Switcher, now_ns
 from guestfail.backends.bond import BondBackend
 from guestfail.core import config as config_mod
 from guestfail.core.config import Config

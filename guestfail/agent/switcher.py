@@ -9,7 +9,7 @@ record, with each pair's switch in flight as an explicit state machine.
                the bond reselects by itself first
     DRAINING   prepare-unplug's request is with the kernel
 
-Every change of state goes through `Flight.go()`, which checks it against
+Every change of state goes through `Flight.go()` (guestfail.agent.flight), which checks it against
 TRANSITIONS, logs `old -> new`, wakes whoever waits, and cancels the pair's
 timer when the state that armed it is left (pyroute2's DHCP client keeps its
 states the same way: dhcp/fsm.py and the `state` setter in dhcp/client.py).
@@ -29,11 +29,10 @@ import errno
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable, Optional
 
 from guestfail.agent.executor import retrying
+from guestfail.agent.flight import Flight, State
 from guestfail.core.decision import Decision, decide
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Backend
@@ -50,79 +49,8 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
-class State(str, Enum):
-    STEADY = "steady"
-    SWITCHING = "switching"
-    RETRY = "retry"
-    DRAINING = "draining"
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STEADY: frozenset({State.SWITCHING, State.DRAINING}),
-    State.SWITCHING: frozenset({State.STEADY, State.RETRY}),
-    State.RETRY: frozenset({State.STEADY, State.SWITCHING, State.DRAINING}),
-    State.DRAINING: frozenset({State.STEADY}),
-}
-
 #: the kernel refuses to make a member active until its miimon saw the link
 WAIT_FOR_LINK = frozenset({errno.EINVAL, errno.ENODEV, errno.ENOENT})
-
-
-class BadTransition(RuntimeError):
-    """A transition the table does not have: a bug in guestfail."""
-
-
-@dataclass
-class Flight:
-    """One pair's switch in flight."""
-
-    key: str
-    state: State = State.STEADY
-    # the event that called for the switch (monotonic ns) and why
-    since_ns: Optional[int] = None
-    why: str = ""
-    # another event arrived while a request was out: decide again after it
-    dirty: bool = False
-    # the request out: its target, the member active when it was decided,
-    # and when the kernel reported the target by itself meanwhile (its
-    # miimon or its own reselection was first)
-    target: Optional[int] = None
-    frm: Optional[int] = None
-    kernel_ns: Optional[int] = None
-    # (previous active, when) while a new primary the bond already made
-    # active is still being enslaved
-    joining: Optional[tuple[Optional[int], int]] = None
-    timer: Optional[asyncio.TimerHandle] = None
-    # undoes a drain whose VF was not removed (agent.drain_timeout); lives
-    # as long as the drain, not as a state
-    drain_timer: Optional[asyncio.TimerHandle] = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def go(self, new: State, why: str) -> None:
-        if new == self.state:
-            return
-        if new not in TRANSITIONS[self.state]:
-            raise BadTransition(f"{self.key}: {self.state.value} -> {new.value} ({why})")
-        log.debug("%s: %s -> %s (%s)", self.key, self.state.value, new.value, why)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.state = new
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def arm(self, delay: float, fire: Callable[[], None]) -> None:
-        """A timer that belongs to the current state (cancelled on leaving it)."""
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(delay, fire)
-
-    def pending(self, t_ns: int, why: str) -> None:
-        if self.since_ns is None:
-            self.since_ns, self.why = t_ns, why
-
-    def clear(self) -> None:
-        self.since_ns, self.why = None, ""
 
 
 class Switcher:
@@ -277,9 +205,29 @@ class Switcher:
         f.go(State.SWITCHING, f.why)
         # now: the task may run after the kernel's next report
         f.frm, f.target, f.kernel_ns = rec.active, target, None
+        self._spawn(rec, f, target)
+
+    def _spawn(self, rec: PairRecord, f: Flight, target: int) -> None:
         task = asyncio.ensure_future(self._switch(rec, f, target))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Future[None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or t.exception() is None:
+                return
+            # a bug, not the kernel's answer (those are handled in _switch):
+            # the pair must not stay SWITCHING, where no event can move it
+            log.error("%s: the switch failed: %r", rec.master_name, t.exception())
+            if self.flights.get(f.key) is f and f.state == State.SWITCHING:
+                f.go(State.STEADY, "the switch failed")
+                f.clear()
+                self.reconcile(f"switch failed: {t.exception()}")
+
+        task.add_done_callback(done)
+
+    def _current(self, f: Flight) -> bool:
+        """Is `f` still its pair's flight (not forgotten meanwhile)?"""
+        return self.flights.get(f.key) is f
 
     async def _switch(self, rec: PairRecord, f: Flight, target: int) -> None:
         """Set `target` active, read the master back, record who made the
@@ -293,7 +241,7 @@ class Switcher:
             f.dirty = False
             if f.target != target:
                 f.target, f.kernel_ns = target, None
-            failure: Optional[NetlinkFailure] = None
+            failure: Optional[GuestfailError] = None
             sent_ns: Optional[int] = None
             try:
                 rec.active, sent_ns = await loop.run_in_executor(
@@ -304,22 +252,30 @@ class Switcher:
                     target,
                     names.get(target, ""),
                 )
-            except NetlinkFailure as e:
-                failure = e  # the kernel's events kept rec.active current meanwhile
+            except (GuestfailError, OSError) as e:
+                # the kernel's answer (NetlinkFailure), or teamd's (a D-Bus
+                # error, no answer): the events kept rec.active current
+                failure = e if isinstance(e, GuestfailError) else SystemRefused(f"{rec.master_name}: {e}")
+            if not self._current(f):
+                return  # the pair was forgotten meanwhile (its master went)
             t1 = now_ns()
-            kernel_first = f.kernel_ns
+            kernel_ns = f.kernel_ns
             f.target = None
             if rec.active == target:
                 if frm != target:
-                    by = "guestfail" if failure is None and kernel_first is None else "kernel"
-                    t_done = kernel_first if kernel_first is not None else t1
+                    # the kernel was first only if it reported the switch
+                    # before the request went out: it reports the request's
+                    # own switch too, often before the request's answer
+                    kernel_first = kernel_ns is not None and (sent_ns is None or kernel_ns < sent_ns)
+                    by = "kernel" if failure is not None or kernel_first else "guestfail"
+                    t_done = kernel_ns if kernel_ns is not None else t1
                     t0 = f.since_ns or t_done
                     sent = (sent_ns - t0) / 1e6 if sent_ns is not None else None
                     self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by, sent)
                     self._announce_later(rec)
                 f.clear()
             elif failure is not None:
-                if failure.code in WAIT_FOR_LINK:
+                if isinstance(failure, NetlinkFailure) and failure.code in WAIT_FOR_LINK:
                     log.debug("%s", failure)
                     f.go(State.RETRY, str(failure))
                     f.arm(self.retry_delay(), lambda: self._retry(rec, f))
@@ -345,7 +301,7 @@ class Switcher:
 
     def _retry(self, rec: PairRecord, f: Flight) -> None:
         f.timer = None
-        if f.state != State.RETRY:
+        if f.state != State.RETRY or not self._current(f):
             return
         d = decide(rec.facts())
         rec.decision = d
@@ -355,9 +311,7 @@ class Switcher:
             return
         f.go(State.SWITCHING, f"retry: {f.why}")
         f.frm, f.target, f.kernel_ns = rec.active, d.want_active, None
-        task = asyncio.ensure_future(self._switch(rec, f, d.want_active))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(rec, f, d.want_active)
 
     def _set_active(
         self, master: int, master_name: str, slave: int, slave_name: str
@@ -457,6 +411,9 @@ class Switcher:
         except GuestfailError as e:
             self.undrain(rec, f"prepare-unplug failed: {e}")
             raise
+        except OSError as e:
+            self.undrain(rec, f"prepare-unplug failed: {e}")
+            raise SystemRefused(f"{rec.master_name}: prepare-unplug failed: {e}") from e
         rec.active = confirmed
         if confirmed != sby:
             self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
@@ -471,6 +428,9 @@ class Switcher:
         if f.dirty:  # something happened while the drain was out
             f.dirty = False
             self.evaluate(rec, now_ns(), "after prepare-unplug")
+        if f.drain_timer is not None:  # a drain again: its deadline counts from now
+            f.drain_timer.cancel()
+            f.drain_timer = None
         if expires > 0:
             why = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
             f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, why)

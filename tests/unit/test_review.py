@@ -17,8 +17,9 @@ from typing import Any, Optional
 import pytest
 
 from guestfail.agent.daemon import Daemon
+from guestfail.agent.flight import State
 from guestfail.agent.release import release
-from guestfail.agent.switcher import State, Switcher
+from guestfail.agent.switcher import Switcher
 from guestfail.backends.bond import BondBackend
 from guestfail.backends.team import TeamBackend, TeamdError
 from guestfail.core.config import Config
@@ -70,11 +71,6 @@ class DeadTeamd:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a backend error that is not a NetlinkFailure (teamd's D-Bus error) "
-    "ends the request's task with the flight in SWITCHING for good",
-)
 def test_a_team_switch_teamd_does_not_answer_does_not_wedge_the_pair(tmp_path: Path) -> None:
     """switcher._switch catches NetlinkFailure only: the team backend's
     set_active raises TeamdError (a SystemRefused) when teamd is gone or does
@@ -107,11 +103,6 @@ def test_a_team_switch_teamd_does_not_answer_does_not_wedge_the_pair(tmp_path: P
         sw.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the bond's own notification of guestfail's request, read before the "
-    "request's task resumes, makes the switch recorded as the kernel's",
-)
 def test_a_switch_guestfails_request_made_is_recorded_as_guestfails(bond: Bond) -> None:
     """The kernel announces every change of the active slave (NETDEV_BONDING_FAILOVER
     and the changelink's NETDEV_CHANGE -> RTM_NEWLINK of the master) while it
@@ -148,11 +139,6 @@ def test_a_switch_guestfails_request_made_is_recorded_as_guestfails(bond: Bond) 
     run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a pair forgotten while its request is out keeps a retry timer armed "
-    "on the orphaned flight (ENODEV counts as 'wait for the link'), asking again forever",
-)
 def test_a_pair_forgotten_while_its_request_is_out_leaves_no_timer(bond: Bond) -> None:
     """Switcher.forget() pops the flight and cancels its timers, but the
     request's task goes on with the orphan: the master is gone (ENODEV, in
@@ -185,7 +171,6 @@ def test_a_pair_forgotten_while_its_request_is_out_leaves_no_timer(bond: Bond) -
     run(go())
 
 
-@pytest.mark.xfail(strict=True, reason="review: a second prepare-unplug leaves the first drain's timer armed")
 def test_a_second_drain_cancels_the_first_drains_timer(bond: Bond) -> None:
     """Switcher.drain() overwrites f.drain_timer without cancelling it: the
     first timer undoes the second drain (agent.drain_timeout after the first

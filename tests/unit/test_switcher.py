@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import pytest
 
 from bench.common import parse_switches
-from guestfail.agent.switcher import TRANSITIONS, BadTransition, Flight, State, Switcher
+from guestfail.agent.flight import TRANSITIONS, BadTransition, Flight, State
+from guestfail.agent.switcher import Switcher
 from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
 from guestfail.core.model import Address
