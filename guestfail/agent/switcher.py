@@ -108,7 +108,7 @@ class Switcher:
         if ev.deleted:
             if link.ifindex == rec.primary:
                 rec.primary_carrier = False
-                rec.primary_enslaved = False
+                rec.primary_master = None
                 self.evaluate(rec, ev.t_ns, f"{link.name} removed")
             return False
         if link.ifindex == rec.master:
@@ -119,10 +119,10 @@ class Switcher:
             return True
         carrier = link.lower_up and link.up
         if link.ifindex == rec.primary:
-            joined = link.master == rec.master and not rec.primary_enslaved
+            joined = rec.master is not None and link.master == rec.master and not rec.primary_enslaved
             changed = carrier != rec.primary_carrier
             rec.primary_carrier = carrier
-            rec.primary_enslaved = link.master == rec.master
+            rec.primary_master = link.master
             rec.primary_name = link.name
         else:
             joined = False

@@ -55,11 +55,17 @@ class PairRecord:
     error: str = ""
     standby_carrier: bool = False
     primary_carrier: bool = False
-    primary_enslaved: bool = False
+    # the primary's master as the kernel last said (IFLA_MASTER): kept raw,
+    # so an event read before the pair's master was known is right once it is
+    primary_master: Optional[int] = None
     active: Optional[int] = None
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
+
+    @property
+    def primary_enslaved(self) -> bool:
+        return self.primary is not None and self.master is not None and self.primary_master == self.master
 
     def facts(self) -> Facts:
         """What the switch decision reads (guestfail.core.decision)."""
@@ -95,7 +101,7 @@ class PairRecord:
         new_primary = prim is not None and prim.ifindex != self.primary
         if prim is None or new_primary or prim.ifindex not in fresher:
             self.primary_carrier = bool(prim and prim.lower_up and prim.up)
-            self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
+            self.primary_master = prim.master if prim else None
         self.primary = prim.ifindex if prim else None
         self.primary_name = prim.name if prim else ""
         return new_primary

@@ -187,12 +187,6 @@ def test_a_second_drain_cancels_the_first_drains_timer(bond: Bond) -> None:
     run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a member's event is read against a stale rec.master (None before the "
-    "master existed); the fresher rule then keeps that wrong 'not enslaved' and the daemon "
-    "switches away from the new VF and stays on the standby",
-)
 def test_a_vf_event_read_before_the_pair_had_a_master_does_not_pin_it_to_the_standby(
     tmp_path: Path,
 ) -> None:
@@ -236,9 +230,6 @@ def test_a_vf_event_read_before_the_pair_had_a_master_does_not_pin_it_to_the_sta
     run(go())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review: a VF event while the pair has no master says the VF is enslaved"
-)
 def test_a_primary_without_a_master_is_not_enslaved() -> None:
     """link_event(): primary_enslaved = link.master == rec.master is True when
     both are None; status then says 'on-primary, healthy' for a pair whose

@@ -73,7 +73,8 @@ def make_bond(announce: bool = False) -> Bond:
         "pci-0000:01:00.0", master=master, master_name="ens11", standby=sby, standby_name="ens11nsby"
     )
     rec.primary, rec.primary_name = vf, "ens11npf"
-    rec.primary_enslaved = rec.primary_carrier = rec.standby_carrier = True
+    rec.primary_master = rec.master
+    rec.primary_carrier = rec.standby_carrier = True
     rec.active = vf
     switches: list[Switch] = []
     asked: list[str] = []
