@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -107,6 +108,8 @@ class Daemon:
         self._slow_nl = rtnl()
         self._fast_backend = make_backend(cfg, self._fast_nl, self.sysfs, self.state_dir)
         self._slow_backend = make_backend(cfg, self._slow_nl, self.sysfs, self.state_dir)
+        # a pair's plan and steps, and a drain's requests, one at a time
+        pair_lock = threading.Lock()
         self.switcher = Switcher(
             self._fast_nl,
             self._fast_backend,
@@ -115,6 +118,7 @@ class Daemon:
             reconcile=self.request_reconcile,
             announce_enabled=lambda: self.cfg.announce,
             retry_delay=lambda: max(self.cfg.bond.miimon, 50) / 1000 * 1.5,
+            pair_lock=pair_lock,
         )
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
@@ -146,11 +150,14 @@ class Daemon:
             self.state_dir,
             udev=udev_info if use_udev else None,
             integrations=tuple(integrations),
+            pair_lock=pair_lock,
         )
         self.reconciling = Scheduler(
             self.reconciler,
             apply=self._apply_outcome,
-            drained=lambda: {k for k, r in self.pairs.items() if r.drained},
+            # asked from the reconciliation's thread: a copy of the items
+            # (made under the GIL) while the loop may add pairs
+            drained=lambda: frozenset(k for k, r in list(self.pairs.items()) if r.drained),
             retrying=self._write_state,
         )
 

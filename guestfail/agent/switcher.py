@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
@@ -64,8 +65,12 @@ class Switcher:
         reconcile: Callable[[str], None],
         announce_enabled: Callable[[], bool],
         retry_delay: Callable[[], float],
+        pair_lock: Optional[threading.Lock] = None,
     ) -> None:
         self.nl = nl
+        # the reconciliation's, held while it plans and changes a pair: a
+        # drain waits for it, so a run that began before cannot undo it
+        self.pair_lock = pair_lock or threading.Lock()
         self.backend = backend
         self.on_switch = on_switch
         self.on_undrain = on_undrain
@@ -389,8 +394,9 @@ class Switcher:
         loop = asyncio.get_running_loop()
 
         def run() -> tuple[Optional[int], int]:
-            self.backend.set_primary(master, names.get(master, ""), None, "")
-            return self._set_active(master, names.get(master, ""), sby, names.get(sby, ""))
+            with self.pair_lock:
+                self.backend.set_primary(master, names.get(master, ""), None, "")
+                return self._set_active(master, names.get(master, ""), sby, names.get(sby, ""))
 
         fut = loop.run_in_executor(self.thread, run)
         done, _ = await asyncio.wait({fut}, timeout=timeout)

@@ -67,7 +67,7 @@ class World:
         return Reconciler(cfg, self.k, sysfs, BondBackend(cfg, self.k, sysfs), self.state)
 
     def run(self, cfg: Optional[Config] = None) -> Outcome:
-        return self.reconciler(cfg).run(set(), self.outcomes.append)
+        return self.reconciler(cfg).run(frozenset, self.outcomes.append)
 
     # what the kernel holds, by name
     def names(self) -> set[str]:

@@ -293,11 +293,6 @@ def test_a_crash_before_the_master_was_marked_and_a_vf_gone_meanwhile(tmp_path: 
     assert_paired(w)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the reconciliation takes the set of drained pairs once, when its run "
-    "starts; a prepare-unplug during the run is undone by the run's SetPrimary",
-)
 def test_a_drain_during_a_reconciliation_is_not_undone_by_it(tmp_path: Path) -> None:
     """Scheduler._loop() passes self.drained() to the whole run.  A drain that
     lands after the run began (a run lasts: several passes, NetworkManager's
