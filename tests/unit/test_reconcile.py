@@ -162,6 +162,30 @@ def test_a_crash_at_any_step_of_pairing_loses_nothing(tmp_path: Path) -> None:
         assert_paired(w)
 
 
+def test_a_crash_at_any_step_of_pairing_with_the_vf_gone_meanwhile_loses_nothing(tmp_path: Path) -> None:
+    """The same crash points, and the VF unplugged while guestfail was down
+    (a migration began): the next start leaves whatever holds the standby's
+    name (its master, or the standby itself) with everything, no master
+    under a temporary name, and the VF that comes back is paired."""
+    total = uninterrupted_requests(tmp_path)
+    for n in range(1, total + 1):
+        w = World(tmp_path / f"crash{n}")
+        w.configured_standby()
+        vf = w.vf()
+        w.k.crash_after(n)
+        with pytest.raises(Crashed):
+            w.run()
+        w.k.remove(vf)
+        out = w.run()
+        assert out.verified and not out.errors, (n, out.errors)
+        assert w.addresses("ens11") == EVERYTHING and w.routes("ens11") == ALL_ROUTES, n
+        assert not [x.name for x in w.k.links.values() if x.name.startswith("gftmp")], n
+        w.vf("ens5002", pci="0000:06:00.0")  # back, in another slot
+        out = w.run()
+        assert not out.errors, (n, out.errors)
+        assert_paired(w)
+
+
 def test_a_crash_between_creating_and_marking_a_master_is_taken_over(tmp_path: Path) -> None:
     w = World(tmp_path)
     w.configured_standby()

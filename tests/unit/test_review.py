@@ -264,11 +264,6 @@ def test_a_primary_without_a_master_is_not_enslaved() -> None:
 # ---------------------------------------------------------------- crash safety
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: killed between creating and marking the bond, with the VF gone at the "
-    "restart, the journal entry is dropped and the unmarked gftmpN blocks the pair for good",
-)
 def test_a_crash_before_the_master_was_marked_and_a_vf_gone_meanwhile(tmp_path: Path) -> None:
     """The journal's `creating` lets the next run adopt an unmarked gftmpN,
     but only while the pairing is live.  If the VF went while guestfail was
