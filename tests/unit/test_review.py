@@ -320,11 +320,6 @@ def test_a_drain_during_a_reconciliation_is_not_undone_by_it(tmp_path: Path) -> 
     run(go())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: 'guestfail release NAME' killed after deleting the master cannot be "
-    "finished by running it again: NAME is no master any more (NotFound, exit 7)",
-)
 def test_a_named_release_killed_after_deleting_its_master_is_finished_by_the_same_command(
     tmp_path: Path,
 ) -> None:
