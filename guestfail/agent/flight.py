@@ -46,8 +46,10 @@ class Flight:
     # the event that called for the switch (monotonic ns) and why
     since_ns: Optional[int] = None
     why: str = ""
-    # another event arrived while a request was out: decide again after it
+    # another event arrived while a request was out: decide again after it,
+    # timed from that event (the first one's time goes with the first switch)
     dirty: bool = False
+    later: Optional[tuple[int, str]] = None
     # the request out: its target, the member active when it was decided,
     # and when the kernel reported the target by itself meanwhile (its
     # miimon or its own reselection was first)
@@ -86,5 +88,18 @@ class Flight:
         if self.since_ns is None:
             self.since_ns, self.why = t_ns, why
 
+    def pending_later(self, t_ns: int, why: str) -> None:
+        """An event that calls for a switch while one is out."""
+        if self.since_ns is None:
+            self.pending(t_ns, why)
+        elif self.later is None:
+            self.later = (t_ns, why)
+
+    def next_switch(self) -> None:
+        """The switch out is recorded: what came meanwhile is timed from now on."""
+        self.since_ns, self.why = self.later if self.later is not None else (None, "")
+        self.later = None
+
     def clear(self) -> None:
         self.since_ns, self.why = None, ""
+        self.later = None

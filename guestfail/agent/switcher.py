@@ -150,9 +150,10 @@ class Switcher:
         rec.decision = d
         f = self.flight(rec)
         if f.state in (State.SWITCHING, State.DRAINING):
-            f.dirty = True  # decided again when the request returns
-            if d.switch:
-                f.pending(t_ns, why)
+            # decided again when the request returns (against what it did):
+            # a switch then is this event's
+            f.dirty = True
+            f.pending_later(t_ns, why)
             return d
         if not d.switch or rec.master is None:
             # a setup error alone does not stop switching a bond that is there
@@ -278,7 +279,7 @@ class Switcher:
                     sent = (sent_ns - t0) / 1e6 if sent_ns is not None else None
                     self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by, sent)
                     self._announce_later(rec)
-                f.clear()
+                f.next_switch()
             elif failure is not None:
                 if isinstance(failure, NetlinkFailure) and failure.code in WAIT_FOR_LINK:
                     log.debug("%s", failure)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,6 +145,41 @@ def test_the_benchmarks_read_the_switch_log_line_the_switcher_writes(
     assert line.reason == sw.reason
     assert line.ms == pytest.approx(sw.latency_ms, abs=0.01)
     assert line.sent_ms == pytest.approx(sw.request_ms, abs=0.01)
+
+
+def test_a_switch_called_for_while_a_request_is_out_is_timed_from_its_own_event(bond: Bond) -> None:
+    """The VF's carrier comes back while guestfail's request for the standby
+    is out: the switch back that follows is that event's, with its reason and
+    its time, not a nameless 'switch' of 0 ms."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        t_back: list[int] = []
+
+        def carrier_back() -> None:  # the switch thread, the request about to go out
+            bond.k.before.pop("set_bond")
+            seen = threading.Event()
+
+            def event() -> None:
+                t_back.append(time.monotonic_ns())
+                bond.carrier(bond.vf, True, t_back[0])
+                seen.set()
+
+            loop.call_soon_threadsafe(event)
+            seen.wait(5)
+
+        bond.k.before["set_bond"] = carrier_back
+        t_down = time.monotonic_ns() - 10_000_000_000  # read 10 s ago, say: tells the two apart
+        bond.carrier(bond.vf, False, t_down)
+        await bond.sw.settle()
+        first, second = bond.switches
+        assert (first.to, first.reason) == ("ens11nsby", "ens11npf lost carrier")
+        assert (second.to, second.reason) == ("ens11npf", "ens11npf got carrier")
+        assert first.latency_ms is not None and second.latency_ms is not None
+        assert 0 < second.latency_ms < 10_000 <= first.latency_ms  # each from its own event
+        assert bond.k.links[bond.master].bond["active_slave"] == bond.vf  # type: ignore[index]
+
+    run(go())
 
 
 def test_carrier_back_before_miimon_saw_it_waits_for_the_bond(bond: Bond) -> None:
