@@ -4,8 +4,8 @@ Two kinds of work, kept apart so a long rebuild never delays a switch:
 
 * the switch path, on the loop thread: a link event for a member (carrier
   lost, carrier back, gone) or the master (the bond switched by itself) is
-  decided on at once by `pairstate.decide`; the new active member is set by a
-  dedicated netlink thread and read back from the kernel, and the time from
+  decided on at once (guestfail.agent.switcher, guestfail.core.decision); the
+  new active member is set by a dedicated netlink thread and read back from the kernel, and the time from
   the event's arrival to that confirmation is recorded;
 * reconciliation, on its own thread: observe -> match -> plan -> apply ->
   observe again, until the plans are empty (verified) or the attempts run out.
@@ -100,7 +100,7 @@ class Daemon:
         self._event_ns: dict[int, int] = {}  # ifindex -> when its last link event was read
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._teamd: Optional[PidWatch] = None  # each team master's teamd
-        self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
+        self._watcher: Any = None  # guestfail.system.dbus's NameWatcher
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         # one thread per kind of work, each with its own netlink socket: a
         # long reconciliation never delays a switch
@@ -326,6 +326,8 @@ class Daemon:
         # links with an event read after this snapshot was begun: the event
         # is the newer truth (an older snapshot must not undo it)
         fresher = frozenset(i for i, t in self._event_ns.items() if t >= out.observed_ns)
+        for i in [i for i, t in self._event_ns.items() if i not in snap.links and t < out.observed_ns]:
+            del self._event_ns[i]  # gone before this snapshot (its deletion lost in an overrun)
         old_keys = set(self.pairs)
         seen = set()
         for p in result.pairings:

@@ -403,8 +403,14 @@ class Switcher:
         done, _ = await asyncio.wait({fut}, timeout=timeout)
         if not done:
 
-            def late(_f: asyncio.Future[tuple[Optional[int], int]]) -> None:
+            def late(done: asyncio.Future[tuple[Optional[int], int]]) -> None:
                 f.go(State.STEADY, "late answer to prepare-unplug")
+                if not done.cancelled() and done.exception() is None:
+                    confirmed, sent_ns = done.result()
+                    rec.active = confirmed
+                    if confirmed == sby and frm != sby:  # it did switch, late: on record before the way back
+                        lat = (now_ns() - t0) / 1e6
+                        self._record(rec, frm, sby, "prepare-unplug", lat, "guestfail", (sent_ns - t0) / 1e6)
                 self.undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
 
             fut.add_done_callback(late)

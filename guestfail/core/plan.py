@@ -3,7 +3,7 @@ build or repair its master.
 
 Pure.  `spec_for()` decides what a pair should look like (names, MAC, MTU,
 bond options); `plan_pair()` lists the steps from what is there to that, and
-nothing when it is already so.  The executor (`guestfail.apply`) runs the
+nothing when it is already so.  The executor (`guestfail.agent.executor`) runs the
 steps; the daemon then observes again and plans again, which must give no
 steps: that is the verification.
 

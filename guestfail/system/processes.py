@@ -112,6 +112,10 @@ class PidWatch:
         """Follow `pid` under `name`; False if it is gone already."""
         if self.watched.get(name, (None, None))[0] == pid:
             return True
+        old = self.watched.pop(name, None)
+        if old is not None:  # a new process under that name: the old one is not followed any more
+            self.loop.remove_reader(old[1])
+            os.close(old[1])
         fd = pidfd(pid)
         if fd is None:
             return False
@@ -122,7 +126,8 @@ class PidWatch:
     def _fired(self, name: str, fd: int) -> None:
         self.loop.remove_reader(fd)
         os.close(fd)
-        self.watched.pop(name, None)
+        if self.watched.get(name, (None, None))[1] == fd:
+            self.watched.pop(name)
         self.exited(name)
 
     def close(self) -> None:
