@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, announce, processes
+from guestfail import __version__, announce, inotify, processes
 from guestfail import config as config_mod
 from guestfail import nm as nm_mod
 from guestfail import state as state_mod
@@ -166,6 +166,9 @@ class Daemon:
             await self._start_dbus()
         if self._nm_wanted():
             await self._watch_networkmanager()
+        if (self.use_dbus and self.dbus is None) or (self._nm_wanted() and self._watcher is None):
+            # hook: at boot the daemon runs before the system bus exists
+            self._tasks.add(asyncio.ensure_future(self._when_bus_appears()))
         worker = asyncio.ensure_future(self._reconcile_loop())
         self.request_reconcile("start")
         await self._wait_reconciled()
@@ -219,7 +222,21 @@ class Daemon:
     async def _wait_reconciled(self) -> None:
         await self._reconciled.wait()
 
+    async def _when_bus_appears(self) -> None:
+        """Connect what needs the system bus once its socket exists, and
+        reconcile (the team backend's teamd needs the bus too)."""
+        await inotify.wait_for_path(inotify.SYSTEM_BUS_SOCKET)
+        log.info("the system bus is up")
+        if self.use_dbus and self.dbus is None:
+            await self._start_dbus()
+        if self._nm_wanted() and self._watcher is None:
+            await self._watch_networkmanager()
+        self.request_reconcile("system bus up")
+
     async def _start_dbus(self) -> None:
+        if not os.path.exists(inotify.SYSTEM_BUS_SOCKET):
+            log.info("no system bus yet: the D-Bus API comes up with it")
+            return
         try:
             from guestfail.dbus_api import DBusService
 
