@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import shutil
 import stat
 import sys
 from dataclasses import dataclass
