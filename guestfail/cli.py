@@ -203,8 +203,15 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         for m in masters:
             executor.run_steps(m.name, plan_release(m, snap), snap.links)
             print(f"released {m.name}")
+        # the standbys have their names back: ifupdown's DHCP clients follow
+        names = {m.name for m in masters}
+        back = {x.name: x.ifindex for x in observe(nl, sysfs, None).links.values() if x.name in names}
     finally:
         nl.close()
+    from guestfail import ifupdown
+
+    for line in ifupdown.follow(back, lambda: dbus_api.BusClient(timeout=5.0)):
+        print(line)
     _forget_nm_profiles({m.name for m in masters})
     return Exit.OK
 

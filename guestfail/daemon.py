@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, announce, inotify, processes
+from guestfail import __version__, announce, ifupdown, inotify, processes
 from guestfail import config as config_mod
 from guestfail import nm as nm_mod
 from guestfail import state as state_mod
@@ -636,6 +636,7 @@ class Daemon:
         udev = self._udev if self.use_udev else None
         nm = self._networkmanager()
         out = Outcome(Snapshot(), MatchResult())
+        renamed: set[str] = set()  # standbys' names a master took in this run
         for n in range(1, MAX_PASSES + 1):
             snap = observe(self._slow_nl, self.sysfs, udev)
             result = match(self.cfg, snap)
@@ -682,6 +683,8 @@ class Daemon:
                 try:
                     self._executor.run(plan, snap.links, hook)
                     out.errors.pop(pairing.key, None)
+                    if any(isinstance(st, Rename) and st.link == spec.standby for st in plan.steps):
+                        renamed.add(spec.orig_name)
                 except GuestfailError as e:
                     log.error("%s: %s", spec.master_name, e)
                     out.errors[pairing.key] = str(e)
@@ -695,6 +698,8 @@ class Daemon:
                 out.verified = True
                 break
         self._write_claims(out.snap, out.result)
+        if renamed:
+            self._names_moved(renamed, out.snap)
         masters = []
         for p in out.result.pairings:
             master = master_of(p.key, p.standby, out.snap)
@@ -714,6 +719,14 @@ class Daemon:
         if nm is not None:
             self._nm_sync(nm, out)
         return out
+
+    def _names_moved(self, names: set[str], snap: Snapshot) -> None:
+        """Hook (slow thread), after a pass gave standbys' names to masters:
+        the integrations whose clients are bound to a link by its name follow
+        it (ifupdown's dhclient, see guestfail.ifupdown)."""
+        now = {link.name: link.ifindex for link in snap.links.values() if link.name in names}
+        for line in ifupdown.follow(now, BusClient):
+            log.info("%s", line)
 
     def _save_names(self) -> None:
         try:

@@ -277,6 +277,19 @@ class BusClient:
         result: list[Any] = self._run(self._call(msg, what or f"{destination} {member}"))
         return result
 
+    def start_transient_unit(self, unit: str, properties: list[tuple[str, str, Any]]) -> None:
+        """systemd runs a transient unit (properties: (name, signature, value))."""
+        props = [(k, Variant(sig, v)) for k, sig, v in properties]
+        self.call(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            [unit, "replace", props, []],
+            f"start {unit}",
+        )
+
     def get_property(self, destination: str, path: str, interface: str, name: str) -> Any:
         (value,) = self.call(
             destination, path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, name]

@@ -96,3 +96,27 @@ def pidfd(pid: int) -> Optional[int]:
         if e.errno == errno.ESRCH:
             return None
         raise
+
+
+def find_by_name(comm: str, proc: Path = Path("/proc")) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process whose command name is `comm`."""
+    out = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != comm:
+                continue
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:  # gone, or hidden
+            continue
+        argv = [a.decode(errors="surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+        if argv:
+            out.append((int(entry.name), argv))
+    return out
+
+
+def kill(pid: int) -> None:
+    """SIGKILL: the process gets no chance to clean up (on purpose)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

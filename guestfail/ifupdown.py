@@ -1,0 +1,191 @@
+"""ifupdown's DHCP client follows the name: the integration for Debian's
+ifupdown + isc-dhcp-client (what `iface X inet dhcp` in
+/etc/network/interfaces runs).
+
+ifupdown starts ``dhclient ... X`` for the interface called X.  dhclient
+binds its packet socket to X's ifindex once, when it starts.  When guestfail
+pairs X, the master takes the name X and the standby becomes ``Xnsby``: the
+running dhclient keeps sending and listening on the standby, a member of the
+bond.  Its broadcasts leave by the standby's own path whatever member is
+active, and the replies that come back over the VF never reach it: it cannot
+renew, rebinds over the member, and when the lease ends, dhclient-script
+flushes the address from X (the master).  The same happens the other way
+when `guestfail release` gives the standby its name back.
+
+So after guestfail gave a name to another link (a master took the standby's
+name, or the standby got it back), every dhclient started for that name
+before is started again, bound to the link that has the name now, with the
+same arguments: same pid file and lease file, so it asks for the same
+address (INIT-REBOOT) and `ifdown X` stops it as before.  The old process is
+killed with SIGKILL: it must neither release the lease nor let
+dhclient-script flush the address from X.  The new one runs in a transient
+systemd unit (``guestfail-dhclient-<X>-<ifindex>.service``, started over
+D-Bus), not in guestfail's own sandboxed cgroup: it needs what dhclient
+needs (port 68, writing /var/lib/dhcp and /etc/resolv.conf) and outlives a
+restart of guestfail.
+
+`clients_for` and `parse_argv` decide (pure); `follow` acts through the
+processes and D-Bus surfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from guestfail import processes
+
+log = logging.getLogger(__name__)
+
+DHCLIENT = "dhclient"
+
+# dhclient's options that take a value (isc-dhcp-client 4.4): the interface
+# names are the arguments left
+_WITH_VALUE = frozenset(
+    {
+        "-pf",
+        "-lf",
+        "-cf",
+        "-sf",
+        "-s",
+        "-g",
+        "-p",
+        "-e",
+        "-df",
+        "-H",
+        "-F",
+        "-V",
+        "-D",
+        "-C",
+        "--timeout",
+        "--request-options",
+        "--decline-wait-time",
+        "--address-prefix-len",
+        "--dad-wait-time",
+        "--prefix-len-hint",
+    }
+)
+# a dhclient run with these is a one-shot command (release, stop), not a client
+_ONE_SHOT = frozenset({"-r", "-x", "--version"})
+
+
+@dataclass(frozen=True)
+class Client:
+    """A running dhclient for one interface."""
+
+    pid: int
+    argv: tuple[str, ...]
+    interface: str
+    pidfile: Optional[str]
+
+
+def parse_argv(pid: int, argv: list[str]) -> Optional[Client]:
+    """The client a dhclient command line runs, or None (not one interface,
+    or not a running client)."""
+    if not argv or os.path.basename(argv[0]) != DHCLIENT:
+        return None
+    names: list[str] = []
+    pidfile = None
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a in _ONE_SHOT:
+            return None
+        if a in _WITH_VALUE:
+            if a == "-pf" and i + 1 < len(argv):
+                pidfile = argv[i + 1]
+            i += 2
+            continue
+        if not a.startswith("-"):
+            names.append(a)
+        i += 1
+    if len(names) != 1:
+        return None
+    return Client(pid, tuple(argv), names[0], pidfile)
+
+
+def clients_for(names: Iterable[str], clients: Iterable[Client]) -> list[Client]:
+    """The clients to start again: those running for one of `names`."""
+    wanted = set(names)
+    return sorted((c for c in clients if c.interface in wanted), key=lambda c: c.pid)
+
+
+def unit_name(interface: str, ifindex: int) -> str:
+    """A unit name for `interface`, escaped as systemd-escape does."""
+    out = []
+    for i, ch in enumerate(interface.encode()):
+        c = chr(ch)
+        if c.isascii() and (c.isalnum() or c in ":_" or (c == "." and i > 0)):
+            out.append(c)
+        elif c == "/":
+            out.append("-")
+        else:
+            out.append(f"\\x{ch:02x}")
+    return f"guestfail-dhclient-{''.join(out)}-{ifindex}.service"
+
+
+def transient_properties(client: Client, interface: str) -> list[tuple[str, str, Any]]:
+    """The transient unit that runs `client` again: (name, D-Bus signature, value)."""
+    argv = list(client.argv)
+    exe = argv[0] if os.path.isabs(argv[0]) else (shutil.which(argv[0]) or "/sbin/dhclient")
+    props: list[tuple[str, str, Any]] = [
+        ("Description", "s", f"dhclient for {interface}, bound again after guestfail renamed it"),
+        ("ExecStart", "a(sasb)", [[exe, argv, False]]),
+        # dhclient forks once it has a lease (or gave up waiting for one)
+        ("Type", "s", "forking"),
+        ("CollectMode", "s", "inactive-or-failed"),
+    ]
+    if client.pidfile:
+        props.append(("PIDFile", "s", client.pidfile))
+    return props
+
+
+def follow(names: dict[str, int], bus_factory: Callable[[], Any]) -> list[str]:
+    """Start every dhclient running for a name in `names` (name -> the ifindex
+    that has it now) again, bound to that link.  Returns what was done, one
+    line each, for the log.  `bus_factory()` gives a
+    `guestfail.dbus_api.BusClient`, made only if there is a client to move."""
+    from guestfail.dbus_api import BusError
+
+    if not names:
+        return []
+    running = [
+        c for pid, argv in processes.find_by_name(DHCLIENT) if (c := parse_argv(pid, argv)) is not None
+    ]
+    moving = clients_for(names, running)
+    if not moving:
+        return []
+    bus = bus_factory()
+    try:
+        return [_restart(client, names[client.interface], bus, BusError) for client in moving]
+    finally:
+        close = getattr(bus, "close", None)
+        if close is not None:
+            close()
+
+
+def _restart(client: Client, ifindex: int, bus: Any, bus_error: type[Exception]) -> str:
+    """Kill `client`, run it again in a transient unit; one line for the log."""
+    unit = unit_name(client.interface, ifindex)
+    processes.kill(client.pid)
+    try:
+        bus.start_transient_unit(unit, transient_properties(client, client.interface))
+    except bus_error as e:
+        log.error(
+            "dhclient for %s stopped but not started again (%s): run 'ifup --force %s'",
+            client.interface,
+            e,
+            client.interface,
+        )
+        return f"dhclient for {client.interface}: not started again: {e}"
+    log.info(
+        "dhclient for %s (pid %d) started again on the link now called so (%s)",
+        client.interface,
+        client.pid,
+        unit,
+    )
+    return f"dhclient for {client.interface} follows the name ({unit})"
