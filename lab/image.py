@@ -143,6 +143,14 @@ ForwardToConsole=yes
 TTYPath=/dev/ttyS1
 MaxLevelConsole=debug
 """
+_CLOUD_CFG = """\
+# lab image: the network stack is the flavour's, configured by the image (as
+# an image builder does); cloud-init looks for a NoCloud seed only (a boot
+# without one: ds-identify finds nothing and cloud-init stays off)
+network:
+  config: disabled
+datasource_list: [ NoCloud, None ]
+"""
 _HELPER_UNIT = """\
 [Unit]
 Description=guestfail lab: control channel to the host (virtio-serial port lab.ctl)
@@ -211,6 +219,7 @@ def layer_script(fl: Flavour) -> str:
         'cp "$HELPER" "$T/usr/local/lib/guestfail-lab/guest_helper.py"',
         f"cat > \"$T/etc/systemd/system/lab-helper.service\" <<'LAB'\n{_HELPER_UNIT}LAB",
         f"cat > \"$T/etc/udev/rules.d/60-lab-helper.rules\" <<'LAB'\n{_HELPER_UDEV}LAB",
+        f"cat > \"$T/etc/cloud/cloud.cfg.d/99-lab.cfg\" <<'LAB'\n{_CLOUD_CFG}LAB",
         # the network stack
         f"in_guest systemctl disable --quiet {' '.join(disable)} 2>/dev/null || true",
         f"in_guest systemctl enable --quiet {' '.join(enable[fl.stack])}",
