@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail import __version__, announce, ifupdown, inotify, processes
+from guestfail import __version__, announce, ifupdown, inotify, networkd, processes
 from guestfail import config as config_mod
 from guestfail import nm as nm_mod
 from guestfail import state as state_mod
@@ -722,10 +722,14 @@ class Daemon:
 
     def _names_moved(self, names: set[str], snap: Snapshot) -> None:
         """Hook (slow thread), after a pass gave standbys' names to masters:
-        the integrations whose clients are bound to a link by its name follow
-        it (ifupdown's dhclient, see guestfail.ifupdown)."""
-        now = {link.name: link.ifindex for link in snap.links.values() if link.name in names}
-        for line in ifupdown.follow(now, BusClient):
+        the network configuration that named the standby applies to the
+        master (systemd-networkd's .network files, see guestfail.networkd),
+        and the clients bound to a link by its name follow it (ifupdown's
+        dhclient, see guestfail.ifupdown)."""
+        now = {link.name: link for link in snap.links.values() if link.name in names}
+        if networkd.ensure_dropins({n: link.mac for n, link in now.items()}):
+            networkd.reload(BusClient)
+        for line in ifupdown.follow({n: link.ifindex for n, link in now.items()}, BusClient):
             log.info("%s", line)
 
     def _save_names(self) -> None:
