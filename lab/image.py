@@ -183,7 +183,9 @@ class Flavour:
 
     @property
     def name(self) -> str:
-        return f"{self.distro}-{self.stack}" + ("" if self.package else "-nopkg")
+        """distro-stack, "-nopkg" without the package, "-cfg<hash>" with a configuration."""
+        tag = f"-cfg{hashlib.sha256(self.config.encode()).hexdigest()[:6]}" if self.config else ""
+        return f"{self.distro}-{self.stack}" + ("" if self.package else "-nopkg") + tag
 
     def validate(self) -> None:
         if self.distro not in SUITES:
@@ -338,8 +340,10 @@ def build(fl: Flavour, debs: list[Path], install: Optional[list[str]] = None) ->
         if disk.is_file():
             return Image(fl, disk, kernel, initrd, 0.0, base_seconds)
         t0 = time.monotonic()
-        for old in rootfs.cache_dir().glob(f"disk-{fl.name}-{'?' * 16}.raw"):
-            old.unlink()  # an older build of this flavour: superseded
+        for pattern in (f"disk-{fl.name}-{'?' * 16}.*", f".disk-{fl.name}-{'?' * 16}.raw.lock"):
+            for old in rootfs.cache_dir().glob(pattern):
+                if key not in old.name:  # an older build of this flavour: superseded
+                    old.unlink()
         with tempfile.TemporaryDirectory(prefix=f"guestfail-image-{fl.name}-") as tmp:
             t = Path(tmp)
             debdir = t / "debs"

@@ -110,6 +110,11 @@ def _bump(deb: Path, version: str, new: str, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def debs() -> Debs:
+    return make_debs()
+
+
+def make_debs() -> Debs:
+    """This tree's packages (packaging/build-deb) and their upgrade builds."""
     proc = subprocess.run(
         [str(REPO / "packaging" / "build-deb")], capture_output=True, text=True, check=False, env=SYSTEM_ENV
     )

@@ -37,6 +37,7 @@ import pytest
 from lab import image
 from lab.dhcp import DhcpEvent, DhcpServer
 
+from . import flavours
 from .conftest import SHARED, Boot, Debs, build_image, record, start
 from .helpers import (
     GUEST_IP,
@@ -56,7 +57,6 @@ from .helpers import (
     wait_peer,
 )
 
-IMAGE_CONFIG = "[bond]\nnum_peer_notif = 0\n"
 USER_DATA = {
     # cloud-init 22.4: the module's key
     "debian12": """\
@@ -119,7 +119,7 @@ def first_boot(
     request: pytest.FixtureRequest, debs: Debs, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FirstBoot]:
     distro = request.param
-    img = build_image(debs, image.Flavour(distro, "ifupdown", config=IMAGE_CONFIG))
+    img = build_image(debs, flavours.first_boot(distro))
     seed = make_seed(tmp_path_factory.mktemp("seed") / "seed.iso", USER_DATA[distro])
     servers: list[DhcpServer] = []
     b = start(

@@ -24,6 +24,7 @@ from lab import image
 from lab.dhcp import REBINDING, RENEWING
 from lab.topology import SBY_MAC
 
+from . import flavours
 from .conftest import Debs, build_image, record
 from .helpers import (
     GUEST_IP,
@@ -52,7 +53,7 @@ CASES = [(d, s) for d in image.SUITES for s in image.STACKS]
 
 @pytest.mark.parametrize(("distro", "stack"), CASES, ids=[f"{d}-{s}" for d, s in CASES])
 def test_stack_keeps_the_dhcp_address_on_the_master(boot: Any, debs: Debs, distro: str, stack: str) -> None:
-    img = build_image(debs, image.Flavour(distro, stack))
+    img = build_image(debs, flavours.stack(distro, stack))
     servers: list[Any] = []
     b = boot(img, topology(), before_start=lambda lab: servers.append(dhcp_server(lab)))
     lab, dhcp = b.lab, servers[0]

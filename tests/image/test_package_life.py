@@ -28,6 +28,7 @@ import pytest
 
 from lab import image
 
+from . import flavours
 from .conftest import Debs, build_image, record
 from .helpers import (
     GUEST_IP,
@@ -74,7 +75,7 @@ def wait_service_ready(lab: Any) -> None:
 
 @pytest.mark.parametrize("distro", sorted(image.SUITES))
 def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str) -> None:
-    img = build_image(debs, image.Flavour(distro, "networkd", package=False, config=ADMIN_CONFIG))
+    img = build_image(debs, flavours.package_life(distro))
     servers: list[Any] = []
     b = boot(img, topology(), before_start=lambda lab: servers.append(dhcp_server(lab)))
     lab, dhcp = b.lab, servers[0]
