@@ -37,10 +37,11 @@ def every() -> list[Flavour]:
 
 
 def main() -> int:
-    from tests.image.conftest import build_image, make_debs
+    from lab.debs import build_debs
+    from tests.image.conftest import build_image
 
     t0 = time.monotonic()
-    debs = make_debs()
+    debs = build_debs()
     print(f"packages built in {time.monotonic() - t0:.1f} s")
     for fl in every():
         t = time.monotonic()

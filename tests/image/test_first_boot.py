@@ -35,10 +35,11 @@ from typing import Any
 import pytest
 
 from lab import image
+from lab.debs import Debs
 from lab.dhcp import DhcpEvent, DhcpServer
 
 from . import flavours
-from .conftest import SHARED, Boot, Debs, build_image, record, start
+from .conftest import SHARED, Boot, build_image, record, start
 from .helpers import (
     GUEST_IP,
     NPF,

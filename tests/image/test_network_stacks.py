@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 
 from lab import image
+from lab.debs import Debs
 from lab.dhcp import REBINDING, RENEWING
 from lab.topology import SBY_MAC
 
 from . import flavours
-from .conftest import Debs, build_image, record
+from .conftest import build_image, record
 from .helpers import (
     GUEST_IP,
     LEASE,

@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 
 from lab import image
+from lab.debs import Debs
 
 from . import flavours
-from .conftest import Debs, build_image, record
+from .conftest import build_image, record
 from .helpers import (
     GUEST_IP,
     NPF,
