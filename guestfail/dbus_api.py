@@ -290,6 +290,36 @@ class BusClient:
             f"start {unit}",
         )
 
+    def unit_loaded(self, unit: str) -> bool:
+        """Whether systemd has `unit` loaded (it ran, or runs, in this boot)."""
+        try:
+            self.call(
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "GetUnit",
+                "s",
+                [unit],
+                f"get {unit}",
+            )
+        except BusError as e:
+            if e.name == "org.freedesktop.systemd1.NoSuchUnit":
+                return False
+            raise
+        return True
+
+    def restart_unit(self, unit: str) -> None:
+        """systemctl restart, without waiting for the job."""
+        self.call(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "RestartUnit",
+            "ss",
+            [unit, "replace"],
+            f"restart {unit}",
+        )
+
     def get_property(self, destination: str, path: str, interface: str, name: str) -> Any:
         (value,) = self.call(
             destination, path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, name]

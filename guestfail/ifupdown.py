@@ -24,12 +24,22 @@ D-Bus), not in guestfail's own sandboxed cgroup: it needs what dhclient
 needs (port 68, writing /var/lib/dhcp and /etc/resolv.conf) and outlives a
 restart of guestfail.
 
+With ``allow-hotplug X`` (Debian's cloud images), systemd runs the client
+in ``ifup@X.service``, which is bound to the device called X: when the
+standby gives the name up, systemd stops the unit (``ifdown X``: the lease is
+released, the address flushed), and nothing brings X up again when the
+master gets the name by a rename (ifupdown's udev hook only acts on "add").
+For those guestfail restarts ``ifup@X.service`` (a restart job replaces a
+stop that is still pending): ifupdown runs DHCP on the master, with an
+outage of one DHCP exchange at pairing.  Its dhclient is left to it.
+
 `clients_for` and `parse_argv` decide (pure); `follow` acts through the
 processes and D-Bus surfaces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -81,6 +91,7 @@ class Client:
     argv: tuple[str, ...]
     interface: str
     pidfile: Optional[str]
+    unit: str = ""  # the systemd unit it runs in (from its cgroup)
 
 
 def parse_argv(pid: int, argv: list[str]) -> Optional[Client]:
@@ -109,15 +120,19 @@ def parse_argv(pid: int, argv: list[str]) -> Optional[Client]:
 
 
 def clients_for(names: Iterable[str], clients: Iterable[Client]) -> list[Client]:
-    """The clients to start again: those running for one of `names`."""
+    """The clients to start again: those running for one of `names`, except
+    those of ifupdown's hotplug units (systemd restarts those, see `ifup_unit`)."""
     wanted = set(names)
-    return sorted((c for c in clients if c.interface in wanted), key=lambda c: c.pid)
+    return sorted(
+        (c for c in clients if c.interface in wanted and c.unit != ifup_unit(c.interface)),
+        key=lambda c: c.pid,
+    )
 
 
-def unit_name(interface: str, ifindex: int) -> str:
-    """A unit name for `interface`, escaped as systemd-escape does."""
+def escape(text: str) -> str:
+    """`text` escaped for a unit name, as systemd-escape does."""
     out = []
-    for i, ch in enumerate(interface.encode()):
+    for i, ch in enumerate(text.encode()):
         c = chr(ch)
         if c.isascii() and (c.isalnum() or c in ":_" or (c == "." and i > 0)):
             out.append(c)
@@ -125,7 +140,64 @@ def unit_name(interface: str, ifindex: int) -> str:
             out.append("-")
         else:
             out.append(f"\\x{ch:02x}")
-    return f"guestfail-dhclient-{''.join(out)}-{ifindex}.service"
+    return "".join(out)
+
+
+def unit_name(interface: str, ifindex: int) -> str:
+    """The transient unit that runs a client for `interface` on link `ifindex`."""
+    return f"guestfail-dhclient-{escape(interface)}-{ifindex}.service"
+
+
+def ifup_unit(interface: str) -> str:
+    """ifupdown's unit for an allow-hotplug interface."""
+    return f"ifup@{escape(interface)}.service"
+
+
+def unit_of(cgroup: str) -> str:
+    """The unit of a /proc/<pid>/cgroup text (cgroup v2: "0::/system.slice/x.service")."""
+    for line in cgroup.splitlines():
+        path = line.rsplit(":", 1)[-1]
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last.endswith((".service", ".scope")):
+            return last
+    return ""
+
+
+def allowed_in(text: str, klass: str) -> set[str]:
+    """Interfaces an /etc/network/interfaces text lists as allow-<klass>
+    (its "source" lines are not followed: see `interfaces_allowed`)."""
+    out: set[str] = set()
+    for raw in text.splitlines():
+        words = raw.split("#", 1)[0].split()
+        if words and words[0] == f"allow-{klass}":
+            out.update(words[1:])
+    return out
+
+
+def interfaces_allowed(klass: str, path: str = "/etc/network/interfaces") -> set[str]:
+    """Every interface /etc/network/interfaces (and the files it sources)
+    lists as allow-<klass>."""
+    import glob
+
+    out: set[str] = set()
+    todo, seen = [path], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        out |= allowed_in(text, klass)
+        base = os.path.dirname(p)
+        for raw in text.splitlines():
+            words = raw.split("#", 1)[0].split()
+            if len(words) == 2 and words[0] == "source":
+                todo.extend(sorted(glob.glob(os.path.join(base, words[1]))))
+    return out
 
 
 def transient_properties(client: Client, interface: str) -> list[tuple[str, str, Any]]:
@@ -153,15 +225,31 @@ def follow(names: dict[str, int], bus_factory: Callable[[], Any]) -> list[str]:
 
     if not names:
         return []
-    running = [
-        c for pid, argv in processes.find_by_name(DHCLIENT) if (c := parse_argv(pid, argv)) is not None
-    ]
+    running = []
+    for pid, argv in processes.find_by_name(DHCLIENT):
+        c = parse_argv(pid, argv)
+        if c is not None:
+            running.append(dataclasses.replace(c, unit=unit_of(processes.cgroup(pid))))
     moving = clients_for(names, running)
-    if not moving:
+    hotplug = [n for n in sorted(names) if n in interfaces_allowed("hotplug")]
+    if not moving and not hotplug:
         return []
     bus = bus_factory()
     try:
-        return [_restart(client, names[client.interface], bus, BusError) for client in moving]
+        done = [_restart(client, names[client.interface], bus, BusError) for client in moving]
+        for name in hotplug:
+            unit = ifup_unit(name)
+            try:
+                if not bus.unit_loaded(unit):
+                    continue  # ifupdown never brought it up in this boot
+                bus.restart_unit(unit)
+            except BusError as e:
+                log.error("%s not restarted (%s): run 'systemctl restart %s'", unit, e, unit)
+                done.append(f"{unit}: not restarted: {e}")
+                continue
+            log.info("%s restarted: ifupdown configures %s again on the link now called so", unit, name)
+            done.append(f"{unit} restarted")
+        return done
     finally:
         close = getattr(bus, "close", None)
         if close is not None:

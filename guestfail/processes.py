@@ -116,6 +116,14 @@ def find_by_name(comm: str, proc: Path = Path("/proc")) -> list[tuple[int, list[
     return out
 
 
+def cgroup(pid: int, proc: Path = Path("/proc")) -> str:
+    """/proc/<pid>/cgroup ("" if gone)."""
+    try:
+        return (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return ""
+
+
 def kill(pid: int) -> None:
     """SIGKILL: the process gets no chance to clean up (on purpose)."""
     with contextlib.suppress(ProcessLookupError):

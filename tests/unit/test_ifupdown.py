@@ -72,9 +72,17 @@ def test_processes_are_found_by_command_name(tmp_path: Path) -> None:
 
 
 class FakeBus:
-    def __init__(self) -> None:
+    def __init__(self, loaded: tuple[str, ...] = ()) -> None:
         self.started: list[tuple[str, list[Any]]] = []
+        self.restarted: list[str] = []
+        self.loaded = loaded
         self.closed = False
+
+    def unit_loaded(self, unit: str) -> bool:
+        return unit in self.loaded
+
+    def restart_unit(self, unit: str) -> None:
+        self.restarted.append(unit)
 
     def start_transient_unit(self, unit: str, props: list[Any]) -> None:
         self.started.append((unit, props))
@@ -84,8 +92,11 @@ class FakeBus:
 
 
 def test_follow_kills_and_starts_again(monkeypatch: Any) -> None:
+    """`auto ens11`: networking.service's dhclient is moved."""
     killed: list[int] = []
     monkeypatch.setattr(processes, "find_by_name", lambda comm: [(42, IFUP), (43, ["dhclient", "ens4"])])
+    monkeypatch.setattr(processes, "cgroup", lambda pid: "0::/system.slice/networking.service\n")
+    monkeypatch.setattr(ifupdown, "interfaces_allowed", lambda klass: set())
     monkeypatch.setattr(processes, "kill", killed.append)
     bus = FakeBus()
     lines = ifupdown.follow({"ens11": 9}, lambda: bus)
@@ -95,8 +106,41 @@ def test_follow_kills_and_starts_again(monkeypatch: Any) -> None:
     assert bus.closed
 
 
+def test_allow_hotplug_restarts_ifupdowns_unit_and_leaves_its_client(monkeypatch: Any) -> None:
+    """`allow-hotplug ens11`: ifup@ens11.service (bound to the device named
+    ens11) is restarted; its dhclient is ifupdown's to stop."""
+    killed: list[int] = []
+    monkeypatch.setattr(processes, "find_by_name", lambda comm: [(42, IFUP)])
+    monkeypatch.setattr(
+        processes, "cgroup", lambda pid: "0::/system.slice/system-ifup.slice/ifup@ens11.service\n"
+    )
+    monkeypatch.setattr(processes, "kill", killed.append)
+    monkeypatch.setattr(ifupdown, "interfaces_allowed", lambda klass: {"ens11"})
+    bus = FakeBus(loaded=("ifup@ens11.service",))
+    assert ifupdown.follow({"ens11": 9}, lambda: bus) == ["ifup@ens11.service restarted"]
+    assert killed == [] and bus.started == []
+    assert bus.restarted == ["ifup@ens11.service"]
+
+
+def test_unit_of_a_cgroup() -> None:
+    assert ifupdown.unit_of("0::/system.slice/system-ifup.slice/ifup@ens11.service\n") == "ifup@ens11.service"
+    assert ifupdown.unit_of("0::/system.slice/networking.service\n") == "networking.service"
+    assert ifupdown.unit_of("0::/init.scope\n") == "init.scope"
+    assert ifupdown.unit_of("") == ""
+
+
+def test_allow_lines_and_sources(tmp_path: Path) -> None:
+    (tmp_path / "interfaces.d").mkdir()
+    (tmp_path / "interfaces").write_text(
+        "source interfaces.d/*\nauto lo\nallow-hotplug ens11 # the standby\niface ens11 inet dhcp\n"
+    )
+    (tmp_path / "interfaces.d" / "x").write_text("allow-hotplug ens12\nallow-auto ens13\n")
+    assert ifupdown.interfaces_allowed("hotplug", str(tmp_path / "interfaces")) == {"ens11", "ens12"}
+
+
 def test_follow_without_clients_needs_no_bus(monkeypatch: Any) -> None:
     monkeypatch.setattr(processes, "find_by_name", lambda comm: [])
+    monkeypatch.setattr(ifupdown, "interfaces_allowed", lambda klass: set())
 
     def no_bus() -> Any:
         raise AssertionError("no bus wanted")
