@@ -126,6 +126,7 @@ class Daemon:
         self._nm_handback: set[str] = set()  # pair keys whose standby NetworkManager let go
         self._nm_ports_checked = False  # every paired standby's port, once per NetworkManager start
         self._nm_captured: dict[str, dict[str, Any]] = {}
+        self._names_pending: set[str] = set()  # names moved before the system bus was up
         self._nm_restarted = False
         self._watcher: Optional[NameWatcher] = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -698,8 +699,8 @@ class Daemon:
                 out.verified = True
                 break
         self._write_claims(out.snap, out.result)
-        if renamed:
-            self._names_moved(renamed, out.snap)
+        if renamed or self._names_pending:
+            self._names_moved(renamed | self._names_pending, out.snap)
         masters = []
         for p in out.result.pairings:
             master = master_of(p.key, p.standby, out.snap)
@@ -729,6 +730,12 @@ class Daemon:
         now = {link.name: link for link in snap.links.values() if link.name in names}
         if networkd.ensure_dropins({n: link.mac for n, link in now.items()}):
             networkd.reload(BusClient)
+        if not os.path.exists(inotify.SYSTEM_BUS_SOCKET):
+            # systemd is asked over D-Bus, which is not up yet at boot (the
+            # daemon runs before network-pre.target): again once it is
+            self._names_pending = set(now)
+            return
+        self._names_pending = set()
         for line in ifupdown.follow({n: link.ifindex for n, link in now.items()}, BusClient):
             log.info("%s", line)
 
