@@ -13,6 +13,9 @@ each, interleaved, and reads in each guest:
 * with a VF present at boot (`--vf`): the same with the pair made at boot.
 
 Tables go to stdout, progress to stderr, every boot's raw output to --json.
+
+`--records lab-runs/image-timings.jsonl` boots nothing: it tabulates what
+the image tier recorded (boot times, hot-plug loss, build times).
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distro", default="debian12", choices=sorted(image.SUITES))
     ap.add_argument("--vf", action="store_true", help="the VF present at boot as well")
     ap.add_argument("--json", type=Path, metavar="FILE")
+    ap.add_argument("--records", type=Path, metavar="FILE", help="tabulate the image tier's records instead")
     args = ap.parse_args(argv)
+    if args.records:
+        return summarize(args.records)
     debs = build_debs()
     names = debs.names(debs.current)
     without = image.build(image.Flavour(args.distro, "networkd", package=False), debs.all, install=names)
@@ -89,6 +95,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {' | '.join(cells)} |")
     if args.json:
         args.json.write_text(json.dumps({"distro": args.distro, "vf": args.vf, "boots": rows}, indent=1))
+    return 0
+
+
+def summarize(path: Path) -> int:
+    """The image tier's records (tests/image/conftest.py writes them) as tables."""
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    print(
+        "| boot | flavour | booted (s, QEMU start to systemd done) | network-online.target (s) | hot-plug loss (of sent) |"
+    )
+    print("|---|---|---|---|---|")
+    for e in entries:
+        if e.get("kind") not in ("stack", "first-boot", "package-life"):
+            continue
+        marks = e.get("marks", {})
+        loss = f"{e['hotplug_lost']} of {e['hotplug_sent']}" if "hotplug_lost" in e else "-"
+        print(
+            f"| {e['kind']} | {e['flavour']} | {marks.get('booted', -1):.1f} | "
+            f"{e.get('network_online_s', -1):.1f} | {loss} |"
+        )
+    builds = [e for e in entries if e.get("kind") == "build"]
+    if builds:
+        print()
+        print("| image | layer build (s; 0 = cached) | base tree (s) |")
+        print("|---|---|---|")
+        for e in builds:
+            print(f"| {e['flavour']} | {e['seconds']:.1f} | {e['base_seconds']:.1f} |")
     return 0
 
 
