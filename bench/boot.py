@@ -102,7 +102,8 @@ def summarize(path: Path) -> int:
     """The image tier's records (tests/image/conftest.py writes them) as tables."""
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     print(
-        "| boot | flavour | booted (s, QEMU start to systemd done) | network-online.target (s) | hot-plug loss (of sent) |"
+        "| boot | flavour | booted (s, QEMU start to systemd done) | network-online.target (s) "
+        "| hot-plug loss (of sent) |"
     )
     print("|---|---|---|---|---|")
     for e in entries:
