@@ -222,6 +222,9 @@ def layer_script(fl: Flavour) -> str:
         f"cat > \"$T/etc/systemd/system/lab-helper.service\" <<'LAB'\n{_HELPER_UNIT}LAB",
         f"cat > \"$T/etc/udev/rules.d/60-lab-helper.rules\" <<'LAB'\n{_HELPER_UDEV}LAB",
         f"cat > \"$T/etc/cloud/cloud.cfg.d/99-lab.cfg\" <<'LAB'\n{_CLOUD_CFG}LAB",
+        # network-online.target is part of every boot, as on a server whose
+        # services want it (cloud-init's do): the boot measures it
+        "in_guest systemctl add-wants --quiet multi-user.target network-online.target",
         # the network stack
         f"in_guest systemctl disable --quiet {' '.join(disable)} 2>/dev/null || true",
         f"in_guest systemctl enable --quiet {' '.join(enable[fl.stack])}",
