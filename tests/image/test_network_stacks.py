@@ -10,8 +10,8 @@ renewing state), no DHCP message over a member's own path and none
 rebinding (a client that misses its ACKs rebinds), the lease kept past its
 end; a switch (the
 VF's link down) announces the address over the standby and a renewal follows
-there; the VF back.  Every boot: no failed unit, no ordering cycle, the units
-verify.
+there; the VF back; the VF unplugged and plugged into another slot.  Every
+boot: no failed unit, no ordering cycle, the units verify.
 """
 
 from __future__ import annotations
@@ -112,6 +112,19 @@ def test_stack_keeps_the_dhcp_address_on_the_master(boot: Any, debs: Debs, distr
     replies_on(lab, stream, "vf0", 50)
     wait_address(lab, SBY)
     b.mark("switched and back")
+
+    # the VF removed (native PCIe hot-plug, the attention button) and plugged
+    # back in another slot: paired again, the address kept throughout
+    t_unplug = ns()
+    lab.unplug("vf0")
+    wait_active(lab, SBY, NSBY)
+    wait_address(lab, SBY)
+    lab.plug("vf0", port="p3", wait=False)
+    wait_active(lab, SBY, NPF)
+    t_replugged = ns()
+    replies_on(lab, stream, "vf0", 50)
+    wait_address(lab, SBY)
+    b.mark("unplugged and replugged")
     report = stream_stop(lab, stream)
 
     # on the wire since pairing: DHCP only through the master, over the
@@ -120,7 +133,8 @@ def test_stack_keeps_the_dhcp_address_on_the_master(boot: Any, debs: Debs, distr
     # ACKs rebinds at T2)
     since = [e for e in dhcp.find(after_ns=t_paired) if e.received]
     for e in since:
-        active_path = "sb0" if t_switch <= e.t_ns < t_back else "vf0"
+        on_standby = t_switch <= e.t_ns < t_back or t_unplug <= e.t_ns < t_replugged
+        active_path = "sb0" if on_standby else "vf0"
         assert e.path == active_path, f"{e.kind} over {e.path} while {active_path} was active: {e}"
         assert e.state != REBINDING, e
     assert dhcp.leases[SBY_MAC][0] == GUEST_IP
