@@ -173,7 +173,7 @@ def cmd_status(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """What the package runs on removal: the plain setup comes back."""
-    from guestfail import dbus_api, status
+    from guestfail import dbus_api, processes, status
     from guestfail.apply import BondBackend, Executor
     from guestfail.discover import observe
     from guestfail.match import is_ours
@@ -202,6 +202,11 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         executor = Executor(nl, BondBackend(cfg, nl, sysfs))
         for m in masters:
             executor.run_steps(m.name, plan_release(m, snap), snap.links)
+            if m.kind == "team":
+                # its teamd outlives the service (KillMode=process) and the device
+                pid = processes.teamd_pid(m.name)
+                if pid is not None:
+                    processes.stop(pid)
             print(f"released {m.name}")
         # the standbys have their names back: ifupdown's DHCP clients follow
         names = {m.name for m in masters}
