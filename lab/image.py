@@ -146,10 +146,17 @@ MaxLevelConsole=debug
 _CLOUD_CFG = """\
 # lab image: the network stack is the flavour's, configured by the image (as
 # an image builder does); cloud-init looks for a NoCloud seed only (a boot
-# without one: ds-identify finds nothing and cloud-init stays off)
+# without one: ds-identify finds nothing and cloud-init stays off); what a
+# minimal image has not (a partition to grow, ssh, locales) is not asked for
 network:
   config: disabled
-datasource_list: [ NoCloud, None ]
+datasource_list: [ NoCloud ]
+resize_rootfs: false
+growpart:
+  mode: "off"
+ssh_genkeytypes: []
+ssh_deletekeys: false
+locale: C.UTF-8
 """
 _HELPER_UNIT = """\
 [Unit]

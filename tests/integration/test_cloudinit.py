@@ -460,7 +460,7 @@ def test_unit_runs_the_module_once_per_instance_after_the_config_stage() -> None
     """guestfail-cloud-init.service runs the module with `cloud-init single`:
     no module list in /etc/cloud is replaced (a cloud.cfg.d list would)."""
     unit = (MODULE_DIR / "guestfail-cloud-init.service").read_text()
-    assert "ExecStart=/usr/bin/cloud-init single --name guestfail --frequency once-per-instance" in unit
+    assert "ExecStart=/usr/bin/cloud-init single --name guestfail --frequency instance" in unit
     assert "After=cloud-config.service" in unit and "Before=cloud-final.service" in unit
     assert "WantedBy=cloud-init.target" in unit
     assert not list(MODULE_DIR.glob("*.cfg")), "no cloud.cfg.d drop-in: it would replace the image's list"
