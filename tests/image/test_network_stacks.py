@@ -77,9 +77,10 @@ def test_stack_keeps_the_dhcp_address_on_the_master(boot: Any, debs: Debs, distr
     wait_address(lab, SBY)
     assert kind(lab, SBY) == "bond"
     assert ipv4(lab, NSBY) == [] and ipv4(lab, NPF) == []
-    replies_on(lab, stream, "vf0", 100)
+    t_carrying = ns()
+    replies_on(lab, stream, "vf0", 100)  # what was sent before t_carrying had time to come back
     b.mark("paired")
-    hotplug = stream.window(t_plug, ns())
+    hotplug = stream.report().window(t_plug, t_carrying)
     # the VF's name was udev's, from its slot: no rule of the stack (netplan's
     # set-name matches the standby's MAC, which the VF shares) renamed it
     altnames = lab.run("ip", "-j", "link", "show", "dev", NPF).out

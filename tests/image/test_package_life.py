@@ -105,8 +105,9 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
     t0 = ns()
     lab.run("systemctl", "restart", "guestfail.service", timeout=300)
     wait_service_ready(lab)
-    replies_on(lab, stream, "vf0", 100)
-    restart = stream.window(t0, ns())
+    t1 = ns()
+    replies_on(lab, stream, "vf0", 100)  # what was sent before t1 had time to come back
+    restart = stream.report().window(t0, t1)
     assert teamd_pid(lab) == pid, "teamd was restarted with the service"
     assert restart.lost == 0, restart
     journal = lab.journal("-u", "guestfail.service", "-o", "cat")
@@ -119,8 +120,9 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
     version = lab.run("dpkg-query", "-W", "-f", "${Version}", "guestfail").out
     assert version == debs.upgrade_version
     wait_service_ready(lab)
+    t1 = ns()
     replies_on(lab, stream, "vf0", 100)
-    upgraded = stream.window(t0, ns())
+    upgraded = stream.report().window(t0, t1)
     assert teamd_pid(lab) == pid, "teamd was restarted by the upgrade"
     assert upgraded.lost == 0, upgraded
     b.mark("upgraded")
