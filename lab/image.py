@@ -146,17 +146,15 @@ MaxLevelConsole=debug
 _CLOUD_CFG = """\
 # lab image: the network stack is the flavour's, configured by the image (as
 # an image builder does); cloud-init looks for a NoCloud seed only (a boot
-# without one: ds-identify finds nothing and cloud-init stays off); what a
-# minimal image has not (a partition to grow, ssh, locales) is not asked for
+# without one: ds-identify finds nothing and cloud-init stays off).  The
+# module lists are this minimal image's (no ssh, locales or partitions to
+# grow); guestfail's module runs from its own unit whatever they are.
 network:
   config: disabled
 datasource_list: [ NoCloud ]
-resize_rootfs: false
-growpart:
-  mode: "off"
-ssh_genkeytypes: []
-ssh_deletekeys: false
-locale: C.UTF-8
+cloud_init_modules: [ seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups ]
+cloud_config_modules: [ runcmd ]
+cloud_final_modules: [ scripts_per_once, scripts_per_boot, scripts_per_instance, scripts_user, final_message ]
 """
 _HELPER_UNIT = """\
 [Unit]
