@@ -152,7 +152,8 @@ _CLOUD_CFG = """\
 network:
   config: disabled
 datasource_list: [ NoCloud ]
-cloud_init_modules: [ seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups ]
+cloud_init_modules:
+  [ seed_random, bootcmd, write_files, set_hostname, update_hostname, update_etc_hosts, users_groups ]
 cloud_config_modules: [ runcmd ]
 cloud_final_modules: [ scripts_per_once, scripts_per_boot, scripts_per_instance, scripts_user, final_message ]
 """
