@@ -156,6 +156,9 @@ def test_stack_keeps_the_dhcp_address_on_the_master(boot: Any, debs: Debs, distr
             "time": checks["time"],
         }
     )
-    # the hot-plug row: the VF's first frames go out before its link is up on
-    # the host side; a second of the stream is the bound (200 packets)
-    assert hotplug.lost <= 200, hotplug
+    # the hot-plug row: a second of the stream (200 packets) while the VF comes
+    # up; with ifupdown's allow-hotplug, systemd runs ifdown when the standby
+    # gives its name up (the lease released, the address flushed) and
+    # guestfail has ifupdown bring the master up: one DHCP exchange more (5 s)
+    bound = 1000 if stack == "ifupdown" else 200
+    assert hotplug.lost <= bound, hotplug
