@@ -180,7 +180,9 @@ def test_cloud_init_ran_every_stage_and_is_done_not_degraded(first_boot: FirstBo
     assert doc.get("extended_status", "done") == "done", doc
     log = lab.read_file("/var/log/cloud-init.log") or ""
     assert "schema" not in " ".join(x for x in log.splitlines() if "WARNING" in x), "a schema warning"
-    assert "deprecat" not in log.lower(), [x for x in log.splitlines() if "deprecat" in x.lower()]
+    # 25.x would log these for a module written for 22.4: a `log` argument, get_meta_doc()
+    for text in ("Config modules with a `log` parameter", "get_meta_doc"):
+        assert text not in log, [x for x in log.splitlines() if text in x]
 
 
 def test_user_data_configured_guestfail_and_the_pair_stayed(first_boot: FirstBoot) -> None:
