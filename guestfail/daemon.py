@@ -226,7 +226,9 @@ class Daemon:
     async def _when_bus_appears(self) -> None:
         """Connect what needs the system bus once its socket exists, and
         reconcile (the team backend's teamd needs the bus too)."""
-        await inotify.wait_for_path(inotify.SYSTEM_BUS_SOCKET)
+        path = inotify.system_bus_socket()
+        if path is not None:
+            await inotify.wait_for_path(path)
         log.info("the system bus is up")
         if self.use_dbus and self.dbus is None:
             await self._start_dbus()
@@ -235,7 +237,7 @@ class Daemon:
         self.request_reconcile("system bus up")
 
     async def _start_dbus(self) -> None:
-        if not os.path.exists(inotify.SYSTEM_BUS_SOCKET):
+        if not inotify.system_bus_up():
             log.info("no system bus yet: the D-Bus API comes up with it")
             return
         try:
@@ -730,7 +732,7 @@ class Daemon:
         now = {link.name: link for link in snap.links.values() if link.name in names}
         if networkd.ensure_dropins({n: link.mac for n, link in now.items()}):
             networkd.reload(BusClient)
-        if not os.path.exists(inotify.SYSTEM_BUS_SOCKET):
+        if not inotify.system_bus_up():
             # systemd is asked over D-Bus, which is not up yet at boot (the
             # daemon runs before network-pre.target): again once it is
             self._names_pending = set(now)

@@ -15,6 +15,26 @@ from typing import Optional
 
 SYSTEM_BUS_SOCKET = "/run/dbus/system_bus_socket"
 
+
+def system_bus_socket() -> Optional[str]:
+    """The system bus's socket path: DBUS_SYSTEM_BUS_ADDRESS's unix:path= if
+    set (None for another kind of address: nothing to wait for), else the
+    standard one."""
+    address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    if not address:
+        return SYSTEM_BUS_SOCKET
+    for part in address.split(";")[0].split(":", 1)[-1].split(","):
+        if part.startswith("path="):
+            return part[len("path=") :]
+    return None
+
+
+def system_bus_up() -> bool:
+    """Whether the system bus can be connected to (its socket exists)."""
+    path = system_bus_socket()
+    return path is None or os.path.exists(path)
+
+
 IN_CREATE = 0x100
 IN_MOVED_TO = 0x80
 IN_DELETE_SELF = 0x400

@@ -152,9 +152,9 @@ def ensure_dropins(
 def reload(bus_factory: Callable[[], Any]) -> None:
     """Ask a running networkd to read its files again (no-op when it does not run)."""
     from guestfail.dbus_api import BusError
-    from guestfail.inotify import SYSTEM_BUS_SOCKET
+    from guestfail.inotify import system_bus_up
 
-    if not os.path.exists(SYSTEM_BUS_SOCKET):
+    if not system_bus_up():
         return  # early boot: networkd reads the files when it starts
     bus = bus_factory()
     try:

@@ -30,3 +30,15 @@ def test_wakes_when_the_path_and_its_parents_are_created(tmp_path: Path) -> None
         return True
 
     assert asyncio.run(scenario())
+
+
+def test_the_bus_address_from_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from guestfail import inotify
+
+    monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
+    assert inotify.system_bus_socket() == "/run/dbus/system_bus_socket"
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/tmp/x/bus,guid=12")
+    assert inotify.system_bus_socket() == "/tmp/x/bus"
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:abstract=/tmp/dbus-1")
+    assert inotify.system_bus_socket() is None
+    assert inotify.system_bus_up()
