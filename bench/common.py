@@ -31,7 +31,7 @@ GUEST_IP = "192.0.2.2"
 PEER_IP = "192.0.2.1"
 STATE_JSON = "/run/guestfail/state.json"
 
-# "<master>: active A -> B (reason, by guestfail|kernel in N ms)", as guestfail.daemon logs it
+# "<master>: active A -> B (reason, by guestfail|kernel in N ms)", as guestfail.agent.switcher logs it
 SWITCH_RE = re.compile(
     r"(?P<master>\S+): active (?P<frm>\S+) -> (?P<to>\S+) "
     r"\((?P<reason>.*), by (?P<by>guestfail|kernel)(?: in (?P<ms>[0-9.]+) ms)?\)\s*$"
@@ -403,6 +403,11 @@ class BenchGuest:
             [{"link": master, "attr": "active_slave", "eq": slave}],
             timeout=timeout,
             what=f"{slave} active in {master}",
+        )
+
+    def wait_team_active(self, master: str, port: str, timeout: float = 60) -> None:
+        self.lab.wait_net(
+            [{"team_active": master, "eq": port}], timeout=timeout, what=f"{port} active in {master}"
         )
 
     def proc_status(self, pid: int, tid: Optional[int] = None) -> dict[str, str]:

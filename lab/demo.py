@@ -18,6 +18,7 @@ from typing import Any
 
 from lab import topology
 from lab.agent import agent_argv, install_files
+from lab.topology import DEFAULT_PRIMARY_MODEL
 from lab.vm import Lab, accel, guest_kernel
 
 GUEST_IP = "192.0.2.2"
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         def wait_active(slave: str) -> None:
             lab.wait_net([{"link": sby, "attr": "active_slave", "eq": slave}], timeout=180)
 
-        say("hot-plugging a VF (an e1000 with the standby's MAC) over QMP")
+        say(f"hot-plugging a VF (a {DEFAULT_PRIMARY_MODEL} with the standby's MAC) over QMP")
         t0 = time.monotonic()
         vf = lab.plug("vf0")
         wait_active(f"{sby}npf")

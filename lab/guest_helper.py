@@ -422,6 +422,10 @@ class Helper:
         except subprocess.TimeoutExpired:
             return {"rc": None}
 
+    def op_pid(self, r: dict[str, Any]) -> dict[str, Any]:
+        p = self.procs.get(r["key"])
+        return {"pid": p.pid if p is not None and p.poll() is None else None}
+
     def op_find_links(self, r: dict[str, Any]) -> dict[str, Any]:
         """Net devices below a PCI(e) root port, by its address."""
         return {"names": self._links_under(r["rp"])}

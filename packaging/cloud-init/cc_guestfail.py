@@ -177,6 +177,7 @@ SCHEMA: dict[str, Any] = {
                         },
                         "announce": {"type": "boolean", "description": "Default: true."},
                         "ingress": {"enum": ["unicast", "off"], "description": "Default: unicast."},
+                        "drain_timeout": _range(0, 86400, "Seconds. Default: 120."),
                         "networkmanager": {"enum": ["auto", "off"], "description": "Default: auto."},
                     },
                 },
@@ -204,6 +205,17 @@ SCHEMA: dict[str, Any] = {
                         },
                         "link_watch_delay_up": _range(0, 60000, "Milliseconds. Default: 0."),
                         "link_watch_delay_down": _range(0, 60000, "Milliseconds. Default: 0."),
+                    },
+                },
+                "metrics": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "textfile": {
+                            "type": "string",
+                            "pattern": "^(/.*\\.prom)?$",
+                            "description": "A node_exporter textfile (*.prom) to write. Default: none.",
+                        },
                     },
                 },
                 "standby": {
@@ -246,7 +258,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 # The order tables and keys are written in: the schema's.
-_TABLES = ("agent", "bond", "team")
+_TABLES = ("agent", "bond", "team", "metrics")
 _ARRAYS = ("standby", "pair")
 
 MODULE_DESCRIPTION = """\

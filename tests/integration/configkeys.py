@@ -1,6 +1,6 @@
-"""The configuration keys guestfail/config.py accepts, read from its source.
+"""The configuration keys guestfail/core/config.py accepts, read from its source.
 
-`parse()` takes keys out of each TOML table through a `_Reader`
+`parse()` takes keys out of each TOML table through a `Reader`
 (``agent.take("backend", ...)``, ``b.int_range("miimon", ...)``,
 ``s.table.pop("match")``...).  Reading those calls from the AST gives the
 real key set, so the man page, the example configuration and the cloud-init
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-CONFIG_PY = Path(__file__).resolve().parents[2] / "guestfail" / "config.py"
+CONFIG_PY = Path(__file__).resolve().parents[2] / "guestfail" / "core" / "config.py"
 _READER_METHODS = {"take", "choice", "int_range", "str_list"}
 
 
@@ -53,7 +53,7 @@ def config_keys(source: str | None = None) -> dict[str, set[str]]:
             and isinstance(node.targets[0], ast.Name)
             and isinstance(node.value, ast.Call)
             and isinstance(node.value.func, ast.Name)
-            and node.value.func.id == "_Reader"
+            and node.value.func.id == "Reader"
         ):
             path = node.value.args[1]
             if isinstance(path, ast.Name):

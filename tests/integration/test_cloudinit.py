@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - the 3.9 test run
     import tomli as tomllib
 
-from guestfail import config as gf_config
+from guestfail.core import config as gf_config
 from tests.integration.configkeys import config_keys
 from tests.integration.conftest import (
     DEBIAN_PYTHON,
@@ -60,6 +60,8 @@ guestfail:
     fail_over_mac: active
   team:
     hwaddr_policy: by_active
+  metrics:
+    textfile: /var/lib/prometheus/node-exporter/guestfail.prom
   standby:
     - match: {mac: "52:54:00:12:34:56"}
       serial: 4
@@ -183,7 +185,7 @@ def test_schema_has_every_config_key_and_no_other() -> None:
     section = schema["properties"]["guestfail"]
     keys = config_keys()
     assert set(section["properties"]) == keys[""]
-    for table in ("agent", "bond", "team"):
+    for table in ("agent", "bond", "team", "metrics"):
         assert set(section["properties"][table]["properties"]) == keys[table], table
         assert section["properties"][table]["additionalProperties"] is False
     for table in ("standby", "pair"):

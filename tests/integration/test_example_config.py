@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - the 3.9 test run
     import tomli as tomllib
 
-from guestfail import config as gf_config
+from guestfail.core import config as gf_config
 from tests.integration.configkeys import config_keys
 from tests.integration.conftest import PACKAGING, guestfail_cli
 
@@ -43,8 +43,8 @@ def test_example_is_the_defaults() -> None:
 def test_example_sets_every_key_of_the_tables() -> None:
     doc = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     keys = config_keys()
-    assert set(doc) == {"agent", "bond", "team"}
-    for table in ("agent", "bond", "team"):
+    assert set(doc) == {"agent", "bond", "team", "metrics"}
+    for table in ("agent", "bond", "team", "metrics"):
         assert set(doc[table]) == keys[table], table
 
 

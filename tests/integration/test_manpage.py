@@ -23,11 +23,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - the 3.9 test run
     import tomli as tomllib
 
-from guestfail import cli, naming, state
-from guestfail import config as gf_config
-from guestfail.errors import Exit
-from guestfail.match import KernelManaged, MatchResult, Refusal, Unpaired
-from guestfail.model import Link, Snapshot
+from guestfail.cli import commands as cli
+from guestfail.core import config as gf_config
+from guestfail.core import naming
+from guestfail.core import records as state
+from guestfail.core.errors import Exit
+from guestfail.core.match import KernelManaged, MatchResult, Refusal, Unpaired
+from guestfail.core.model import Link, Snapshot
 from tests.integration.configkeys import config_keys
 from tests.integration.conftest import PACKAGING, REPO, SYSTEM_PATH
 
@@ -236,6 +238,7 @@ def _defaults() -> dict[str, dict[str, Any]]:
         "agent": agent,
         "bond": dataclasses.asdict(gf_config.BondOptions()),
         "team": dataclasses.asdict(gf_config.TeamOptions()),
+        "metrics": dataclasses.asdict(gf_config.MetricsOptions()),
         "standby": {"require_mac": serial_fields["require_mac"]},
         "pair": {"master": pair_fields["master"], "fail_over_mac": pair_fields["fail_over_mac"]},
     }
@@ -278,8 +281,8 @@ def _status_fields() -> set[str]:
         fields |= set(doc[section][0])
     fields |= set(state.Switch(0.0, "a", "b", "r", None, "guestfail").to_json())
     # the daemon's own section, and what `status` adds for a state file
-    fields |= _dict_keys_returned(REPO / "guestfail" / "daemon.py", "daemon_info")
-    fields |= _subscript_assignments(REPO / "guestfail" / "status.py", "gather")
+    fields |= _dict_keys_returned(REPO / "guestfail" / "agent" / "daemon.py", "daemon_info")
+    fields |= _subscript_assignments(REPO / "guestfail" / "cli" / "status.py", "gather")
     return fields
 
 
@@ -318,9 +321,39 @@ def test_status_json_names_every_field(man: dict[str, list[str]]) -> None:
     assert missing == [], f"STATUS JSON does not mention {missing}"
 
 
+def test_metrics_names_every_metric(man: dict[str, list[str]]) -> None:
+    """METRICS lists every metric guestfail.system.metrics writes (without the
+    guestfail_ prefix; a histogram by its name)."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from guestfail.system import metrics
+    from tests.unit.test_metrics import doc_of, record, switch
+
+    rec = record()
+    switch(rec, 2, "ens4npf lost carrier", 12.0)
+    counters = metrics.Counters()
+    doc = doc_of(rec)
+    counters.update(doc)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry(doc, counters)).decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert {"guestfail_up", "guestfail_pair_switches_total", "guestfail_pair_switch_latency_seconds"} <= names
+    documented = " ".join(plain(x) for x in man["METRICS"])
+    missing = sorted(
+        n
+        for n in names
+        if not re.search(rf"(?<![\w]){re.escape(n[len('guestfail_') :])}(?![\w])", documented)
+    )
+    assert missing == [], f"METRICS does not mention {missing}"
+
+
 def test_dbus_api_names_every_method_signal_and_property(man: dict[str, list[str]]) -> None:
     text = " ".join(plain(x) for x in man["D-BUS API"])
-    tree = ast.parse((REPO / "guestfail" / "dbus_api.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "guestfail" / "agent" / "server.py").read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "AgentInterface")
     members = []
     for node in cls.body:

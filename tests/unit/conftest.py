@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from guestfail.model import IFF_LOWER_UP, IFF_UP, Link
+from guestfail.core.model import IFF_LOWER_UP, IFF_UP, Link
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from guestfail import announce
-from guestfail.model import Address
+from guestfail.core.model import Address
+from guestfail.system import packets as announce
 from lab import frames
 
 MAC = "02:00:00:00:00:11"

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfail import config
-from guestfail.config import parse
-from guestfail.errors import ConfigError
+from guestfail.core import config
+from guestfail.core.config import parse
+from guestfail.core.errors import ConfigError
 
 FULL = """
 [agent]
@@ -157,6 +157,9 @@ def test_full_config() -> None:
             "' '",
         ),
         ("pair = 3", "pair", "must be an array"),
+        ("[metrics]\ntextfile = 'guestfail.prom'", "metrics.textfile", "absolute path ending in .prom"),
+        ("[metrics]\ntextfile = '/var/lib/x.txt'", "metrics.textfile", "absolute path ending in .prom"),
+        ("[metrics]\ntextfle = '/x.prom'", "metrics.textfle", "unknown key (did you mean textfile?)"),
         ("[agent]\nbackend = ", "", "not valid TOML"),
     ],
 )
@@ -164,6 +167,7 @@ def test_errors_name_the_key(text: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(text, "g.toml")
     e = info.value
+    assert len(e.errors) == 1, "one mistake, one problem (no follow-on errors)"
     assert e.key == key
     assert problem in e.problem
     msg = str(e)
@@ -188,7 +192,16 @@ def test_any_text_loads_or_fails_with_one_line(text: str) -> None:
     try:
         parse(text)
     except ConfigError as e:
-        assert "\n" not in str(e)
+        _one_line_each(e)
+
+
+def _one_line_each(e: ConfigError) -> None:
+    """Each problem is one line of the message, naming its key."""
+    assert e.errors
+    assert str(e).splitlines() == [str(x) for x in e.errors]
+    for x in e.errors:
+        assert "\n" not in str(x)
+        assert str(x).endswith(x.problem)
 
 
 _value = st.recursive(
@@ -261,4 +274,70 @@ def test_structured_garbage_loads_or_fails_with_one_line(doc: dict) -> None:  # 
     try:
         parse(text)
     except ConfigError as e:
-        assert "\n" not in str(e)
+        _one_line_each(e)
+
+
+def test_every_problem_is_reported_in_order() -> None:
+    text = (
+        "[agent]\n"
+        "backned = 'bond'\n"  # misspelt key
+        "naming = 'kernal'\n"  # misspelt value
+        "[bond]\n"
+        "miimon = -4\n"
+        "[[standby]]\n"
+        "match = { nmae = 'eth1' }\n"
+        "[[pair]]\n"
+        "standby = { name = 'a' }\n"
+        "primary = { slot = '1' }\n"
+        "mastre = 'x'\n"
+        "[bnod]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse(text, "g.toml")
+    lines = str(info.value).splitlines()
+    assert lines == [
+        "g.toml: agent.naming: must be one of kernel, keep, not 'kernal' (did you mean kernel?)",
+        "g.toml: agent.backned: unknown key (did you mean backend?)",
+        "g.toml: bond.miimon: must be between 0 and 10000, not -4",
+        "g.toml: standby[0].match.nmae: unknown key (did you mean name? use one of name, mac, pci, vmbus)",
+        "g.toml: standby[0].serial: is required",
+        "g.toml: pair[0].mastre: unknown key (did you mean master?)",
+        "g.toml: bnod: unknown key (did you mean bond?)",
+    ]
+    assert info.value.key == "agent.naming"  # the first, for callers that want one
+
+
+def test_no_did_you_mean_for_a_key_unlike_any() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse("[agent]\nzzzz = 1\n", "g.toml")
+    assert str(info.value) == "g.toml: agent.zzzz: unknown key"
+
+
+def test_a_table_that_is_not_a_table_and_a_bad_entry_do_not_hide_the_rest() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse("agent = 3\nstandby = [1]\n[bond]\nmiimon = 'x'\n", "g.toml")
+    assert [e.key for e in info.value.errors] == ["agent", "bond.miimon", "standby[0]"]
+
+
+def test_metrics_textfile() -> None:
+    assert parse("").metrics.textfile == ""
+    cfg = parse('[metrics]\ntextfile = "/var/lib/prometheus/node-exporter/guestfail.prom"\n')
+    assert cfg.metrics.textfile == "/var/lib/prometheus/node-exporter/guestfail.prom"
+
+
+@pytest.mark.parametrize(
+    ("template", "culprit"),
+    [
+        ("{standby}:{n}", "contains ':'"),
+        ("{standby:.0}", "is empty"),
+        ("averyveryverylong{n}", "bytes long"),
+    ],
+)
+def test_a_master_template_is_tried_with_every_kind_of_standby_name(template: str, culprit: str) -> None:
+    with pytest.raises(ConfigError, match=culprit) as e:
+        parse(f"[agent]\nnaming = 'keep'\nmaster_name = '{template}'\n")
+    assert e.value.key == "agent.master_name"
+
+
+def test_a_master_template_that_only_long_standby_names_make_too_long_is_fine() -> None:
+    assert parse("[agent]\nnaming = 'keep'\nmaster_name = '{standby}-bond'\n").master_name == "{standby}-bond"

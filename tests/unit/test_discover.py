@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestfail.config import Config
-from guestfail.discover import assemble
-from guestfail.match import match
-from guestfail.sysfs import Sysfs
-from guestfail.udev import UdevInfo
+from guestfail.core.config import Config
+from guestfail.core.match import match
+from guestfail.system.observe import assemble
+from guestfail.system.sysfs import Sysfs
+from guestfail.system.udev import UdevInfo
 
 from ..fakesys import FakeSys
 from .test_netlink_parse import load_dump
@@ -90,3 +90,26 @@ def test_sysfs_vmbus_and_missing_devices(tmp_path: Path) -> None:
     assert sysfs.device_info("gone").driver == ""
     assert not sysfs.trigger_change("gone")
     assert Sysfs(tmp_path / "nothing").pci_slots() == {}
+
+
+def test_a_link_renamed_between_the_dump_and_sysfs_is_not_decided_on(tmp_path: Path) -> None:
+    """Issue 16 #14: sysfs is read by name after the netlink dump.  If the
+    name meanwhile belongs to another device, that device's identity must
+    not be taken for the link's: the link is marked unstable and nothing
+    decides on it until the next observation."""
+    dump = load_dump("paired")
+    sys = guest_sys(tmp_path)
+    idx = {x.name: x.ifindex for x in dump.links}
+    # the name the dump gave the standby now belongs to the VF (and the VF's
+    # old name to nobody): a swap that happened after the dump
+    (tmp_path / "class/net/enp1s0nsby/ifindex").write_text(f"{idx['enp1s0npf']}\n")
+    (tmp_path / "class/net/enp1s0npf/ifindex").write_text("999\n")
+    snap = assemble(dump, sys)
+    assert set(snap.unstable) == {idx["enp1s0nsby"], idx["enp1s0npf"]}
+    result = match(Config(), snap)
+    assert result.pairings == []
+    assert {i for i, why in result.ignored if "renamed while it was read" in why} == set(snap.unstable)
+    # read again with the names settled: decided as before
+    (tmp_path / "class/net/enp1s0nsby/ifindex").write_text(f"{idx['enp1s0nsby']}\n")
+    (tmp_path / "class/net/enp1s0npf/ifindex").write_text(f"{idx['enp1s0npf']}\n")
+    assert len(match(Config(), assemble(dump, sys)).pairings) == 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from guestfail import ifupdown, processes
-from guestfail.ifupdown import Client, clients_for, parse_argv, transient_properties, unit_name
+from guestfail.integrations import ifupdown
+from guestfail.integrations.ifupdown import Client, clients_for, parse_argv, transient_properties, unit_name
+from guestfail.system import processes
 
 # what ifupdown 0.8 (Debian 12/13) runs for `iface ens11 inet dhcp`
 IFUP = [

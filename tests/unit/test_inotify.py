@@ -1,11 +1,11 @@
-"""guestfail.inotify: waiting for a path whose parent directories do not exist yet."""
+"""guestfail.system.inotify: waiting for a path whose parent directories do not exist yet."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from guestfail.inotify import wait_for_path
+from guestfail.system.inotify import wait_for_path
 
 
 def test_returns_at_once_for_an_existing_path(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_wakes_when_the_path_and_its_parents_are_created(tmp_path: Path) -> None
 
 
 def test_the_bus_address_from_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from guestfail import inotify
+    from guestfail.system import inotify
 
     monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
     assert inotify.system_bus_socket() == "/run/dbus/system_bus_socket"

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from guestfail.config import Config, parse
-from guestfail.match import Pairing, claims, match, slot_serial, standby_key
-from guestfail.model import BondState, Link, Snapshot, make_marker
+from guestfail.core.config import Config, parse
+from guestfail.core.match import Pairing, claims, match, slot_serial, standby_key
+from guestfail.core.model import BondState, Link, Snapshot, make_marker, parse_marker
 
 from .conftest import link, vf, virtio
 
@@ -210,3 +210,18 @@ def test_name_selectors_still_mean_a_renamed_standby() -> None:
     master = link(9, "s2", kind="bond", mac=M1, ifalias=make_marker(key=standby_key(sby2), name="s2"))
     r = match(cfg, snap(virtio(2, "s1", M1), sby2, master, vf(4, "s2npf", M1, slot="5001", master=9)))
     assert pairs(r) == [(3, 4, "serial")]
+
+
+def test_a_label_cannot_forge_marker_fields() -> None:
+    """A pair's label is free text: "web name=x" must not rename the master
+    (issue 16 #10)."""
+    marker = make_marker(key="pci-0000:01:00.0", name="ens11", label="web name=x 50%")
+    assert parse_marker(marker) == {"key": "pci-0000:01:00.0", "name": "ens11", "label": "web name=x 50%"}
+
+
+def test_a_marker_fits_the_kernel_limit_with_any_label() -> None:
+    label = "ünï côdé=%" * 7
+    marker = make_marker(key="vmbus-" + "a" * 36, name="x" * 15, label=label)
+    assert len(marker.encode()) <= 255
+    parsed = parse_marker(marker)
+    assert parsed is not None and label.startswith(parsed["label"]) and parsed["name"] == "x" * 15

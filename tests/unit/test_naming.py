@@ -6,8 +6,8 @@ from typing import Literal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestfail import naming
-from guestfail.config import ifname_problem
+from guestfail.core import naming
+from guestfail.core.config import ifname_problem
 
 
 def test_short_names_get_the_suffix() -> None:
@@ -68,3 +68,11 @@ def test_free_name_check() -> None:
     assert naming.check_free("alt0", None, names) == 1
     assert naming.check_free("alt0", 1, names) is None
     assert naming.check_free("eth9", None, names) is None
+
+
+def test_a_template_result_too_long_is_cut_by_the_naming_rule() -> None:
+    """Issue 16 #7: '{standby}-bond' works for a 15-byte standby name too."""
+    name = naming.master_from_template("{standby}-bond", "enp0s20f0u1u2c3", set())
+    assert len(name.encode()) <= 15 and name.startswith("enp0s20f0u1")
+    assert naming.master_from_template("{standby}-bond", "enp0s20f0u1u2c3", set()) == name
+    assert naming.master_from_template("{standby}-bond", "eth0", set()) == "eth0-bond"

@@ -9,8 +9,9 @@ import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from guestfail.model import Link, Route
-from guestfail.netlink import Dump, movable_route, parse_addr, parse_link, split_messages
+from guestfail.core.model import Link, Route
+from guestfail.system.netlink import Dump
+from guestfail.system.rtnl import movable_route, parse_addr, parse_link, split_messages
 
 from .conftest import DATA
 
@@ -96,3 +97,36 @@ def test_split_messages_tolerates_truncation() -> None:
 )
 def test_which_routes_move(route: Route, movable: bool) -> None:
     assert movable_route(route) is movable
+
+
+class _Socket:
+    """The kernel's side of a netlink socket: recorded datagrams, and the
+    overrun it reports between them."""
+
+    def __init__(self, *replies: object) -> None:
+        self.replies = list(replies)
+
+    def recv(self, _size: int) -> bytes:
+        if not self.replies:
+            raise BlockingIOError
+        r = self.replies.pop(0)
+        if isinstance(r, OSError):
+            raise r
+        assert isinstance(r, bytes)
+        return r
+
+
+def test_an_overrun_keeps_the_events_read_before_and_after_it() -> None:
+    """Issue 16 #12: the events of one read that came before an ENOBUFS were
+    dropped with it; now the batch has all of them and says events were lost."""
+    import errno
+
+    from guestfail.system.linkevents import LinkMonitor
+
+    raw = (DATA / "vf-down.link.bin").read_bytes()
+    mon = LinkMonitor.__new__(LinkMonitor)
+    mon.sock = _Socket(raw, OSError(errno.ENOBUFS, "No buffer space"), raw)  # type: ignore[assignment]
+    batch = mon.read(lambda: 7)
+    per_dump = len([t for t, _ in split_messages(raw) if t == 16])
+    assert len(batch.events) == 2 * per_dump and batch.lost == "netlink socket overrun"
+    assert all(ev.t_ns == 7 for ev in batch.events)

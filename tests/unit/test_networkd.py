@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestfail.networkd import DROPIN_NAME, dropin_for, ensure_dropins, names_match, parse_match
+from guestfail.integrations.networkd import DROPIN_NAME, dropin_for, ensure_dropins, names_match, parse_match
 
 MAC = "02:00:00:00:00:11"
 # what netplan 0.106 (Debian 12) and 1.1 (Debian 13) generate for cloud-init's

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dbus_fast import Variant
 
-from guestfail.nm import bond_options, bond_profile, profile_id
+from guestfail.integrations.nmclient import bond_options, bond_profile, profile_id
 
 STATIC = {
     "connection": {"id": Variant("s", "Wired connection 1"), "type": Variant("s", "802-3-ethernet")},
@@ -36,7 +36,7 @@ def test_without_a_source_profile_it_is_dhcp() -> None:
 
 
 def test_port_profile_makes_a_bond_port_without_ip_settings() -> None:
-    from guestfail.nm import port_profile, port_profile_id
+    from guestfail.integrations.nmclient import port_profile, port_profile_id
 
     p = port_profile("ens11", "ens11nsby", "u-3")
     c = p["connection"]
@@ -57,7 +57,7 @@ class FakeNetworkManager:
         self.deleted: list[str] = []
 
     def call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body=None, what: str = ""):  # type: ignore[no-untyped-def]
-        from guestfail.dbus_api import BusError
+        from guestfail.system.dbus import BusError
 
         if member == "GetDeviceByIpIface":
             if body[0] not in self.states:
@@ -82,7 +82,7 @@ class FakeNetworkManager:
 
 
 def test_set_managed_changes_only_what_differs() -> None:
-    from guestfail.nm import NetworkManager
+    from guestfail.integrations.nmclient import NetworkManager
 
     bus = FakeNetworkManager({"ens11": 100, "ens11npf": 10}, {})
     nm = NetworkManager(bus)  # type: ignore[arg-type]
@@ -94,7 +94,7 @@ def test_set_managed_changes_only_what_differs() -> None:
 
 
 def test_release_deletes_master_and_port_profiles_of_the_named_masters_only() -> None:
-    from guestfail.nm import NetworkManager
+    from guestfail.integrations.nmclient import NetworkManager
 
     bus = FakeNetworkManager(
         {},

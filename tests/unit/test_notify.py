@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from guestfail.notify import notify
+from guestfail.system.notify import notify
 
 
 def test_notify_sends_and_never_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestfail.pairstate import Facts, Health, Phase, decide
+from guestfail.core.decision import Facts, Health, Phase, decide
 
 S, P = 2, 3
 

@@ -4,25 +4,22 @@ import socket
 
 import pytest
 
-from guestfail.config import Config, parse
-from guestfail.match import match, standby_key
-from guestfail.model import Address, BondState, Link, Route, Snapshot, make_marker
-from guestfail.plan import (
+from guestfail.core.config import Config, parse
+from guestfail.core.match import match, standby_key
+from guestfail.core.model import Address, BondState, Link, Route, Snapshot, make_marker
+from guestfail.core.plan import PlanRefused, plan_pair, spec_for
+from guestfail.core.steps import (
     CreateMaster,
     DeleteMaster,
     Enslave,
     MoveAddresses,
-    PlanRefused,
     Release,
     Rename,
     SetDown,
     SetPrimary,
     SetUp,
-    leaked_masters,
-    plan_pair,
-    plan_release,
-    spec_for,
 )
+from guestfail.core.undo import leaked_masters, plan_release
 
 from .conftest import link, vf, virtio
 
@@ -249,3 +246,13 @@ def test_the_standbys_recorded_name_survives_a_crash_before_the_master_existed()
     assert not any(isinstance(x, Rename) and x.link == 2 for x in steps)
     # without the record the name would be built on the renamed one
     assert spec_for(cfg, pairing, s).master_name == "ens11nsby"
+
+
+def test_a_template_with_no_free_name_refuses_the_pair_alone() -> None:
+    """Issue 16 #7: the template's ValueError used to escape PlanRefused and
+    abort the reconciliation of every pair."""
+    cfg = parse("[agent]\nnaming = 'keep'\nmaster_name = '{standby}'\n")
+    s = snap(sby_link(), vf(3, "ens5001", M1))
+    (pairing,) = match(cfg, s).pairings
+    with pytest.raises(PlanRefused, match="no free master name"):
+        spec_for(cfg, pairing, s)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from guestfail.config import parse
-from guestfail.team import teamd_config
+from guestfail.backends.team import teamd_config
+from guestfail.core.config import parse
 
 
 def test_teamd_config_for_a_pair() -> None:

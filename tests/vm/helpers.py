@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -62,25 +63,41 @@ class Guest:
         self.lab.write_file(CONFIG_PATH, text)
 
     def start_agent(
-        self, config: Optional[str] = None, *extra: str, wait: bool = True, dbus: bool = False
+        self,
+        config: Optional[str] = None,
+        *extra: str,
+        wait: bool = True,
+        dbus: bool = False,
+        env: Optional[dict[str, str]] = None,
     ) -> str:
         if config is not None:
             self.write_config(config)
         self.agents += 1
         key = f"agent{self.agents}"
-        argv, env = agent_argv("-vv", "run", *([] if dbus else ["--no-dbus"]), *extra)
-        self.lab.spawn(key, argv, env=env, notify=True)
+        argv, agent_env = agent_argv("-vv", "run", *([] if dbus else ["--no-dbus"]), *extra)
+        self.lab.spawn(key, argv, env={**agent_env, **(env or {})}, notify=True)
         if wait:
             self.lab.wait_notify(key, "READY=1", timeout=240)
         return key
+
+    def stacks(self, key: str) -> str:
+        """The Python stacks of a guest process started as `key` (py-spy,
+        from the host's venv over the shared root): for failure reports."""
+        pid = self.lab.pid(key)
+        spy = Path(sys.executable).parent / "py-spy"
+        if not pid or not spy.exists():
+            return "(no stacks: no such process or no py-spy)"
+        r = self.lab.run(str(spy), "dump", "--pid", str(pid), check=False, timeout=120)
+        return str(r.out or r.err)
 
     def kill_agent(self, key: str, sig: str = "SIGKILL") -> Optional[int]:
         self.lab.signal(key, sig)
         return self.lab.wait_proc(key, timeout=30)
 
-    def guestfail(self, *args: str, check: bool = False) -> Any:
-        argv, env = agent_argv(*args)
-        return self.lab.run(*argv, env=env, check=check, timeout=300)  # TCG: Python starts slowly
+    def guestfail(self, *args: str, check: bool = False, env: Optional[dict[str, str]] = None) -> Any:
+        argv, agent_env = agent_argv(*args)
+        # TCG: Python starts slowly
+        return self.lab.run(*argv, env={**agent_env, **(env or {})}, check=check, timeout=300)
 
     def status(self) -> dict[str, Any]:
         r = self.guestfail("status", "--json", "--no-dbus")

@@ -112,7 +112,7 @@ def test_networkmanager_keeps_the_lease_on_the_master(boot) -> None:  # type: ig
     # guestfail took it over unmanaged and handed it back once enslaved, and
     # NetworkManager now holds it as a bond port (a port has no IP settings)
     # under guestfail's port profile: a bond with no port NetworkManager
-    # knows never gets DHCP (see guestfail.nm).
+    # knows never gets DHCP (see guestfail.integrations.nmclient).
     port = f"guestfail {master} port {nsby}"
     g.lab.wait_net(
         [

@@ -1,0 +1,179 @@
+"""The daemon's records and the status document (`status --json`, D-Bus
+`Status()`, the state file) built from them.
+
+The document's schema is stable: fields are only ever added.  It is described
+in the man page (STATUS JSON) and README.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from guestfail.core.decision import Decision, Facts, Health
+from guestfail.core.match import MatchResult, Pairing
+from guestfail.core.model import Link, Snapshot
+
+SCHEMA = 1
+STATE_FILE = "state.json"
+HISTORY = 32
+
+
+@dataclass(frozen=True)
+class Switch:
+    time: float  # wall clock, seconds since the epoch
+    frm: str
+    to: str
+    reason: str
+    latency_ms: Optional[float]  # event arrival -> kernel confirmed the new active member
+    by: str  # "guestfail" or "kernel" (the bond's own miimon/primary reselection)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["from"] = d.pop("frm")
+        d["time"] = _iso(self.time)
+        return d
+
+
+@dataclass
+class PairRecord:
+    key: str
+    label: str = ""
+    master: Optional[int] = None
+    master_name: str = ""
+    standby: Optional[int] = None
+    standby_name: str = ""
+    primary: Optional[int] = None
+    primary_name: str = ""
+    rule: str = ""
+    reason: str = ""
+    kind: str = "bond"
+    drained: bool = False
+    error: str = ""
+    standby_carrier: bool = False
+    primary_carrier: bool = False
+    primary_enslaved: bool = False
+    active: Optional[int] = None
+    decision: Optional[Decision] = None
+    history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    switches: int = 0
+
+    def facts(self) -> Facts:
+        """What the switch decision reads (guestfail.core.decision)."""
+        return Facts(
+            standby=self.standby or 0,
+            standby_carrier=self.standby_carrier,
+            primary=self.primary,
+            primary_enslaved=self.primary_enslaved,
+            primary_carrier=self.primary_carrier,
+            drained=self.drained,
+            active=self.active,
+            error=self.error,
+        )
+
+    def observe(self, p: Pairing, snap: Snapshot, master: Optional[Link]) -> bool:
+        """Take the pair's facts from a snapshot (the one derivation, for the
+        daemon and for `status`'s live view).  The active member and the
+        drain are not taken (the daemon follows them itself).  True if the
+        pair has a primary it did not have before."""
+        sby = snap.links[p.standby]
+        prim = snap.get(p.primary)
+        self.label = p.label
+        self.rule, self.reason = p.rule, p.reason
+        self.master = master.ifindex if master else None
+        self.master_name = master.name if master else ""
+        self.standby, self.standby_name = sby.ifindex, sby.name
+        self.standby_carrier = sby.lower_up and sby.up
+        new_primary = prim is not None and prim.ifindex != self.primary
+        self.primary = prim.ifindex if prim else None
+        self.primary_name = prim.name if prim else ""
+        self.primary_carrier = bool(prim and prim.lower_up and prim.up)
+        self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
+        return new_primary
+
+    def names(self) -> dict[int, str]:
+        out = {}
+        for idx, name in (
+            (self.master, self.master_name),
+            (self.standby, self.standby_name),
+            (self.primary, self.primary_name),
+        ):
+            if idx is not None:
+                out[idx] = name
+        return out
+
+    def name_of(self, idx: Optional[int]) -> str:
+        return self.names().get(idx, "") if idx is not None else ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.decision
+        last = self.history[-1].to_json() if self.history else None
+        return {
+            "key": self.key,
+            "label": self.label,
+            "kind": self.kind,
+            "master": self.master_name,
+            "state": d.health.value if d else Health.FAILED.value,
+            "phase": d.phase.value if d else "unknown",
+            "why": d.why if d else "",
+            "active": self.name_of(self.active) or None,
+            "standby": self.standby_name or None,
+            "primary": self.primary_name or None,
+            "rule": self.rule,
+            "reason": self.reason,
+            "drained": self.drained,
+            "error": self.error,
+            "switches": self.switches,
+            "last_switch": last,
+            "history": [s.to_json() for s in self.history],
+        }
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+def overall(pairs: list[dict[str, Any]], refusals: list[Any]) -> str:
+    states = {p["state"] for p in pairs}
+    if Health.FAILED.value in states:
+        return Health.FAILED.value
+    if Health.DEGRADED.value in states or refusals:
+        return Health.DEGRADED.value
+    return Health.HEALTHY.value
+
+
+def match_sections(result: MatchResult, snap: Snapshot) -> dict[str, Any]:
+    def n(i: int) -> str:
+        link = snap.links.get(i)
+        return link.name if link else str(i)
+
+    return {
+        "refusals": [{"links": [n(i) for i in r.links], "reason": r.reason} for r in result.refusals],
+        "unpaired": [{"link": n(u.link), "role": u.role, "reason": u.reason} for u in result.unpaired],
+        "kernel_managed": [
+            {"kind": k.kind, "master": n(k.master), "members": [n(m) for m in k.members]}
+            for k in result.kernel_managed
+        ],
+        "ignored": [{"link": n(i), "reason": why} for i, why in result.ignored],
+    }
+
+
+def document(
+    records: list[PairRecord],
+    sections: dict[str, Any],
+    daemon: dict[str, Any],
+    source: str,
+) -> dict[str, Any]:
+    pairs = [r.to_json() for r in sorted(records, key=lambda r: r.master_name or r.key)]
+    return {
+        "schema": SCHEMA,
+        "source": source,
+        "generated": _iso(time.time()),
+        "daemon": daemon,
+        "health": overall(pairs, sections.get("refusals", [])),
+        "pairs": pairs,
+        **sections,
+        "disagreements": [],
+    }
