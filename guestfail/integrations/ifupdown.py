@@ -29,9 +29,11 @@ in ``ifup@X.service``, which is bound to the device called X: when the
 standby gives the name up, systemd stops the unit (``ifdown X``: the lease is
 released, the address flushed), and nothing brings X up again when the
 master gets the name by a rename (ifupdown's udev hook only acts on "add").
-For those guestfail restarts ``ifup@X.service`` (a restart job replaces a
-stop that is still pending): ifupdown runs DHCP on the master, with an
-outage of one DHCP exchange at pairing.  Its dhclient is left to it.
+For those guestfail restarts ``ifup@X.service`` when systemd is stopping or
+has stopped it (a restart job follows the stop): ifupdown runs DHCP on the
+master, with an outage of one DHCP exchange at pairing.  One that is active
+was started after the name moved (at boot, after network-pre.target) and is
+left alone, and so is its dhclient.
 
 `clients_for` and `parse_argv` decide (pure); `follow` acts through the
 processes and D-Bus surfaces.
@@ -244,8 +246,14 @@ def follow(names: dict[str, int], bus_factory: Callable[[], Any]) -> list[str]:
         for name in hotplug:
             unit = ifup_unit(name)
             try:
-                if not bus.unit_loaded(unit):
+                state = bus.unit_state(unit)
+                if state is None:
                     continue  # ifupdown never brought it up in this boot
+                if state in ("active", "activating", "reloading"):
+                    # started since the name moved (at boot: after
+                    # network-pre.target, on the master): bound to the link
+                    # that has the name now
+                    continue
                 bus.restart_unit(unit)
             except BusError as e:
                 log.error("%s not restarted (%s): run 'systemctl restart %s'", unit, e, unit)

@@ -110,10 +110,11 @@ class BusClient:
             f"start {unit}",
         )
 
-    def unit_loaded(self, unit: str) -> bool:
-        """Whether systemd has `unit` loaded (it ran, or runs, in this boot)."""
+    def unit_state(self, unit: str) -> Optional[str]:
+        """A unit's ActiveState ("active", "deactivating", "inactive", ...),
+        None if systemd has not loaded it (it did not run in this boot)."""
         try:
-            self.call(
+            (path,) = self.call(
                 "org.freedesktop.systemd1",
                 "/org/freedesktop/systemd1",
                 "org.freedesktop.systemd1.Manager",
@@ -124,9 +125,13 @@ class BusClient:
             )
         except BusError as e:
             if e.name == "org.freedesktop.systemd1.NoSuchUnit":
-                return False
+                return None
             raise
-        return True
+        return str(
+            self.get_property(
+                "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"
+            )
+        )
 
     def restart_unit(self, unit: str) -> None:
         """systemctl restart, without waiting for the job."""

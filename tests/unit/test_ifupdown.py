@@ -73,14 +73,14 @@ def test_processes_are_found_by_command_name(tmp_path: Path) -> None:
 
 
 class FakeBus:
-    def __init__(self, loaded: tuple[str, ...] = ()) -> None:
+    def __init__(self, states: dict[str, str] | None = None) -> None:
         self.started: list[tuple[str, list[Any]]] = []
         self.restarted: list[str] = []
-        self.loaded = loaded
+        self.states = states or {}
         self.closed = False
 
-    def unit_loaded(self, unit: str) -> bool:
-        return unit in self.loaded
+    def unit_state(self, unit: str) -> str | None:
+        return self.states.get(unit)
 
     def restart_unit(self, unit: str) -> None:
         self.restarted.append(unit)
@@ -117,10 +117,14 @@ def test_allow_hotplug_restarts_ifupdowns_unit_and_leaves_its_client(monkeypatch
     )
     monkeypatch.setattr(processes, "kill", killed.append)
     monkeypatch.setattr(ifupdown, "interfaces_allowed", lambda klass: {"ens11"})
-    bus = FakeBus(loaded=("ifup@ens11.service",))
+    bus = FakeBus({"ifup@ens11.service": "deactivating"})
     assert ifupdown.follow({"ens11": 9}, lambda: bus) == ["ifup@ens11.service restarted"]
     assert killed == [] and bus.started == []
     assert bus.restarted == ["ifup@ens11.service"]
+    # started after the name moved (at boot): left alone
+    bus = FakeBus({"ifup@ens11.service": "active"})
+    assert ifupdown.follow({"ens11": 9}, lambda: bus) == []
+    assert bus.restarted == []
 
 
 def test_unit_of_a_cgroup() -> None:
