@@ -190,9 +190,7 @@ def test_user_data_configured_guestfail_and_the_pair_stayed(first_boot: FirstBoo
     text = lab.read_file("/etc/guestfail/guestfail.toml") or ""
     marker = "Written by cloud-init" if distro == "debian12" else "# from user-data"
     assert marker in text and "miimon = 100" in text, text
-    starts = [
-        x for x in first_boot.journal.splitlines() if "daemon: guestfail" in x and " ready: " in x
-    ]
+    starts = [x for x in first_boot.journal.splitlines() if "daemon: guestfail" in x and " ready: " in x]
     assert len(starts) >= 2, starts  # started at boot, restarted with the new configuration
     assert all("1 pairs" in x for x in starts), starts
     assert lab.run("systemctl", "is-active", "guestfail.service").out.strip() == "active"
@@ -201,11 +199,6 @@ def test_user_data_configured_guestfail_and_the_pair_stayed(first_boot: FirstBoo
         assert state.strip() == "success"
 
 
-@pytest.mark.xfail(
-    reason="guestfail announces the addresses of its last reconciliation and an address change triggers "
-    "none (issue 11; the fix is the lead's, on main)",
-    strict=False,
-)
 def test_a_switch_announces_the_address_dhcp_gave_after_pairing(first_boot: FirstBoot) -> None:
     lab = first_boot.boot.lab
     # cloud-init restarted guestfail after the first lease, so its last
