@@ -92,7 +92,7 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
     # install: the service starts and pairs, under the team backend
     current, upgrade = debs.names(debs.current), debs.names(debs.upgrade)
     main_deb = next(n for n in current if n.startswith("guestfail_"))
-    apt("install", f"/root/debs/{main_deb}")
+    apt(lab, "install", f"/root/debs/{main_deb}")
     wait_team_active(lab, NPF)
     wait_address(lab, SBY)
     assert kind(lab, SBY) == "team"
@@ -116,7 +116,7 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
     # upgrade to a newer build: the same
     t0 = ns()
     next_deb = next(n for n in upgrade if n.startswith("guestfail_"))
-    apt("install", f"/root/debs/{next_deb}")
+    apt(lab, "install", f"/root/debs/{next_deb}")
     version = lab.run("dpkg-query", "-W", "-f", "${Version}", "guestfail").out
     assert version == debs.upgrade_version
     wait_service_ready(lab)
@@ -129,7 +129,7 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
 
     # remove: released, traffic continues over the standby
     files = lab.run("dpkg", "-L", "guestfail").out.split()
-    apt("remove", "guestfail")
+    apt(lab, "remove", "guestfail")
     assert kind(lab, SBY) == "", "the standby has its name back, no master"
     wait_address(lab, SBY)
     routes = json.loads(lab.run("ip", "-j", "route", "show", "default").out)
@@ -138,7 +138,7 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
     b.mark("removed")
 
     # purge: nothing of the package left
-    apt("purge", "guestfail")
+    apt(lab, "purge", "guestfail")
     left = [
         f
         for f in files
