@@ -97,6 +97,7 @@ class Daemon:
         self.resyncs = 0
         self._stop = asyncio.Event()
         self._refusals: set[tuple[tuple[str, ...], str]] = set()  # announced on D-Bus already
+        self._event_ns: dict[int, int] = {}  # ifindex -> when its last link event was read
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._teamd: Optional[PidWatch] = None  # each team master's teamd
         self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
@@ -198,6 +199,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self._bus_waiter is not None:
             self._bus_waiter.cancel()
+        # node_exporter: guestfail_up 0 from now on (the pairs stay as they are)
+        self.metrics.write(self.cfg.metrics.textfile, self.status(), up=False)
         self.reconciling.close()
         if self._monitor is not None:
             loop.remove_reader(self._monitor.fileno())
@@ -315,6 +318,10 @@ class Daemon:
 
     def on_link_event(self, ev: LinkEvent) -> None:
         link = ev.link
+        if ev.deleted:
+            self._event_ns.pop(link.ifindex, None)
+        else:
+            self._event_ns[link.ifindex] = ev.t_ns
         rec = self.by_member.get(link.ifindex)
         if rec is None:
             if ev.deleted:
@@ -324,6 +331,8 @@ class Daemon:
             self.request_reconcile(f"{link.name} {'deleted' if ev.deleted else 'left ' + rec.master_name}")
 
     def _on_switch(self, rec: PairRecord, sw: Switch) -> None:
+        if rec.master is not None:  # its active member is known as of now
+            self._event_ns[rec.master] = now_ns()
         self._emit("ActiveChanged", {"pair": rec.master_name, **sw.to_json()})
         self._write_state()
 
@@ -334,6 +343,9 @@ class Daemon:
 
     def _apply_outcome(self, out: Outcome) -> None:
         snap, result = out.snap, out.result
+        # links with an event read after this snapshot was begun: the event
+        # is the newer truth (an older snapshot must not undo it)
+        fresher = frozenset(i for i, t in self._event_ns.items() if t >= out.observed_ns)
         old_keys = set(self.pairs)
         seen = set()
         for p in result.pairings:
@@ -345,9 +357,9 @@ class Daemon:
             prim = snap.get(p.primary)
             if prim is None and rec.primary is not None and rec.drained:
                 self.switcher.drain_over(rec)  # the drained primary is gone: drain complete
-            new_primary = rec.observe(p, snap, master)
+            new_primary = rec.observe(p, snap, master, fresher)
             rec.error = out.errors.get(p.key, "")
-            if self.switcher.flight(rec).state == State.STEADY:
+            if self.switcher.flight(rec).state == State.STEADY and rec.master not in fresher:
                 rec.active = out.active.get(p.key)
             if new_primary and prim is not None:
                 self.switcher.primary_appeared(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -90,10 +91,17 @@ class Reconciler:
             self._guarded(i, "begin", i.begin)
         out = Outcome(Snapshot(), MatchResult())
         for n in range(1, MAX_PASSES + 1):
+            t_observed = time.monotonic_ns()
             snap = self.observe()
             result = match(self.cfg, snap)
             out = Outcome(
-                snap, result, errors=dict(out.errors), steps=out.steps, passes=n, renamed=out.renamed
+                snap,
+                result,
+                errors=dict(out.errors),
+                steps=out.steps,
+                passes=n,
+                renamed=out.renamed,
+                observed_ns=t_observed,
             )
             self._masters(out)
             if observed is not None:

@@ -14,7 +14,7 @@ TRANSITIONS, logs `old -> new`, wakes whoever waits, and cancels the pair's
 timer when the state that armed it is left (pyroute2's DHCP client keeps its
 states the same way: dhcp/fsm.py and the `state` setter in dhcp/client.py).
 
-`decide()` (guestfail.pairstate) runs once per event; after a request
+`decide()` (guestfail.core.decision) runs once per event; after a request
 returns it runs again only if another event came while it was in flight.
 Announcements (gratuitous ARP, unsolicited NA) go out after the switch is
 confirmed and recorded, never before the request.  All of it runs on the
@@ -83,6 +83,12 @@ class Flight:
     why: str = ""
     # another event arrived while a request was out: decide again after it
     dirty: bool = False
+    # the request out: its target, the member active when it was decided,
+    # and when the kernel reported the target by itself meanwhile (its
+    # miimon or its own reselection was first)
+    target: Optional[int] = None
+    frm: Optional[int] = None
+    kernel_ns: Optional[int] = None
     # (previous active, when) while a new primary the bond already made
     # active is still being enslaved
     joining: Optional[tuple[Optional[int], int]] = None
@@ -239,7 +245,11 @@ class Switcher:
             # once it is known, as "joined"
             f.joining = (old, t_ns)
             return
-        if f.state in (State.SWITCHING, State.DRAINING) or old == active:
+        if f.state in (State.SWITCHING, State.DRAINING):
+            if active is not None and active == f.target and f.kernel_ns is None:
+                f.kernel_ns = t_ns  # the request's task records it, as the kernel's
+            return
+        if old == active:
             return
         latency = (t_ns - f.since_ns) / 1e6 if f.since_ns is not None else None
         self._record(rec, old, active, f.why or "the bond reselected", latency, "kernel")
@@ -265,6 +275,8 @@ class Switcher:
 
     def _start(self, rec: PairRecord, f: Flight, target: int) -> None:
         f.go(State.SWITCHING, f.why)
+        # now: the task may run after the kernel's next report
+        f.frm, f.target, f.kernel_ns = rec.active, target, None
         task = asyncio.ensure_future(self._switch(rec, f, target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -275,13 +287,16 @@ class Switcher:
         got there first (its miimon, or releasing a removed slave)."""
         loop = asyncio.get_running_loop()
         while True:
-            frm, master = rec.active, rec.master
+            frm, master = f.frm, rec.master
             assert master is not None
             names = rec.names()
             f.dirty = False
+            if f.target != target:
+                f.target, f.kernel_ns = target, None
             failure: Optional[NetlinkFailure] = None
+            sent_ns: Optional[int] = None
             try:
-                rec.active = await loop.run_in_executor(
+                rec.active, sent_ns = await loop.run_in_executor(
                     self.thread,
                     self._set_active,
                     master,
@@ -292,11 +307,15 @@ class Switcher:
             except NetlinkFailure as e:
                 failure = e  # the kernel's events kept rec.active current meanwhile
             t1 = now_ns()
+            kernel_first = f.kernel_ns
+            f.target = None
             if rec.active == target:
                 if frm != target:
-                    t0 = f.since_ns or t1
-                    by = "guestfail" if failure is None else "kernel"
-                    self._record(rec, frm, target, f.why or "switch", (t1 - t0) / 1e6, by)
+                    by = "guestfail" if failure is None and kernel_first is None else "kernel"
+                    t_done = kernel_first if kernel_first is not None else t1
+                    t0 = f.since_ns or t_done
+                    sent = (sent_ns - t0) / 1e6 if sent_ns is not None else None
+                    self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by, sent)
                     self._announce_later(rec)
                 f.clear()
             elif failure is not None:
@@ -322,6 +341,7 @@ class Switcher:
                 f.clear()
                 return
             target = d.want_active
+            f.frm = rec.active
 
     def _retry(self, rec: PairRecord, f: Flight) -> None:
         f.timer = None
@@ -334,15 +354,21 @@ class Switcher:
             f.clear()
             return
         f.go(State.SWITCHING, f"retry: {f.why}")
+        f.frm, f.target, f.kernel_ns = rec.active, d.want_active, None
         task = asyncio.ensure_future(self._switch(rec, f, d.want_active))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> Optional[int]:
-        """(switch thread) The request, then one read of the master to confirm."""
+    def _set_active(
+        self, master: int, master_name: str, slave: int, slave_name: str
+    ) -> tuple[Optional[int], int]:
+        """(switch thread) The request, then one read of the master to
+        confirm.  Returns the active member and when the request went out
+        (the time from the event to it is guestfail's own share)."""
+        sent_ns = now_ns()
         retrying(lambda: self.backend.set_active(master, master_name, slave, slave_name), attempts=3)
         link = self.nl.get_link(master)
-        return self.backend.active(link) if link is not None else None
+        return (self.backend.active(link) if link is not None else None), sent_ns
 
     def _record(
         self,
@@ -352,12 +378,15 @@ class Switcher:
         why: str,
         latency: Optional[float],
         by: str,
+        sent: Optional[float] = None,
     ) -> None:
-        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by)
+        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by, sent)
         rec.history.append(sw)
         rec.switches += 1
         rec.decision = decide(rec.facts())
         lat = f" in {latency:.2f} ms" if latency is not None else ""
+        if sent is not None:
+            lat += f", request sent at {sent:.2f} ms"
         log.info(
             "%s: active %s -> %s (%s, by %s%s)", rec.master_name, sw.frm or "-", sw.to or "-", why, by, lat
         )
@@ -405,7 +434,7 @@ class Switcher:
         rec.drained = True
         loop = asyncio.get_running_loop()
 
-        def run() -> Optional[int]:
+        def run() -> tuple[Optional[int], int]:
             self.backend.set_primary(master, names.get(master, ""), None, "")
             return self._set_active(master, names.get(master, ""), sby, names.get(sby, ""))
 
@@ -413,7 +442,7 @@ class Switcher:
         done, _ = await asyncio.wait({fut}, timeout=timeout)
         if not done:
 
-            def late(_f: asyncio.Future[Optional[int]]) -> None:
+            def late(_f: asyncio.Future[tuple[Optional[int], int]]) -> None:
                 f.go(State.STEADY, "late answer to prepare-unplug")
                 self.undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
 
@@ -424,7 +453,7 @@ class Switcher:
             )
         f.go(State.STEADY, "prepare-unplug answered")
         try:
-            confirmed = fut.result()
+            confirmed, sent_ns = fut.result()
         except GuestfailError as e:
             self.undrain(rec, f"prepare-unplug failed: {e}")
             raise
@@ -433,7 +462,9 @@ class Switcher:
             self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
-            self._record(rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail")
+            self._record(
+                rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail", (sent_ns - t0) / 1e6
+            )
             self._announce_later(rec)
         f.clear()
         rec.decision = decide(rec.facts())

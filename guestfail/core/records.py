@@ -29,6 +29,7 @@ class Switch:
     reason: str
     latency_ms: Optional[float]  # event arrival -> kernel confirmed the new active member
     by: str  # "guestfail" or "kernel" (the bond's own miimon/primary reselection)
+    request_ms: Optional[float] = None  # event arrival -> guestfail's request went out (None: none was sent)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,24 +74,30 @@ class PairRecord:
             error=self.error,
         )
 
-    def observe(self, p: Pairing, snap: Snapshot, master: Optional[Link]) -> bool:
+    def observe(
+        self, p: Pairing, snap: Snapshot, master: Optional[Link], fresher: frozenset[int] = frozenset()
+    ) -> bool:
         """Take the pair's facts from a snapshot (the one derivation, for the
         daemon and for `status`'s live view).  The active member and the
-        drain are not taken (the daemon follows them itself).  True if the
-        pair has a primary it did not have before."""
+        drain are not taken (the daemon follows them itself).  A member in
+        `fresher` had an event read after the snapshot was begun: its carrier
+        and membership stay as that event said.  True if the pair has a
+        primary it did not have before."""
         sby = snap.links[p.standby]
         prim = snap.get(p.primary)
         self.label = p.label
         self.rule, self.reason = p.rule, p.reason
         self.master = master.ifindex if master else None
         self.master_name = master.name if master else ""
+        if not (sby.ifindex == self.standby and sby.ifindex in fresher):
+            self.standby_carrier = sby.lower_up and sby.up
         self.standby, self.standby_name = sby.ifindex, sby.name
-        self.standby_carrier = sby.lower_up and sby.up
         new_primary = prim is not None and prim.ifindex != self.primary
+        if prim is None or new_primary or prim.ifindex not in fresher:
+            self.primary_carrier = bool(prim and prim.lower_up and prim.up)
+            self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
         self.primary = prim.ifindex if prim else None
         self.primary_name = prim.name if prim else ""
-        self.primary_carrier = bool(prim and prim.lower_up and prim.up)
-        self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
         return new_primary
 
     def names(self) -> dict[int, str]:
