@@ -38,8 +38,10 @@ from guestfail.core.decision import decide
 from guestfail.core.errors import GuestfailError, NotFound, SystemRefused
 from guestfail.core.interfaces import Backend, Integration, Outcome
 from guestfail.core.records import STATE_FILE, PairRecord, Switch, document, match_sections
+from guestfail.integrations.ifupdown import IfupdownIntegration
+from guestfail.integrations.networkd import NetworkdIntegration
 from guestfail.integrations.networkmanager import NetworkManagerIntegration, dbus_library
-from guestfail.system import metrics
+from guestfail.system import inotify, metrics
 from guestfail.system.files import write_atomic
 from guestfail.system.linkevents import LinkEvent, LinkMonitor
 from guestfail.system.netlink import Netlink, Rtnl
@@ -101,6 +103,7 @@ class Daemon:
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._teamd: Optional[PidWatch] = None  # each team master's teamd
         self._watcher: Any = None  # guestfail.system.dbus's NameWatcher
+        self._bus_waiter: Optional[asyncio.Future[None]] = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         # one thread per kind of work, each with its own netlink socket: a
         # long reconciliation never delays a switch
@@ -133,6 +136,9 @@ class Daemon:
                 integrations.append(self.networkmanager)
             else:
                 log.warning("%s", why_not)
+        # the network configurations that name the standby follow the name
+        # its master takes (systemd-networkd's .network files, ifupdown's dhclient)
+        integrations += [NetworkdIntegration(), IfupdownIntegration()]
         if cfg.backend == "team":
             from guestfail.backends.team import TeamBackend, TeamdSupervision
 
@@ -190,12 +196,17 @@ class Daemon:
         if self.use_dbus:
             await self._start_dbus()
         await self._watch_networkmanager()
+        if events and not inotify.system_bus_up() and dbus_library():
+            # at boot the daemon runs before the system bus exists
+            self._bus_waiter = asyncio.ensure_future(self._when_bus_appears())
         self.reconciling.start()
         self.request_reconcile("start")
         await self.reconciling.wait(0)  # the first run
 
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._bus_waiter is not None:
+            self._bus_waiter.cancel()
         # node_exporter: guestfail_up 0 from now on (the pairs stay as they are)
         self.metrics.write(self.cfg.metrics.textfile, self.status(), up=False)
         self.reconciling.close()
@@ -237,7 +248,24 @@ class Daemon:
         log.info("configuration reloaded from %s", new.source)
         self.request_reconcile("configuration reloaded")
 
+    async def _when_bus_appears(self) -> None:
+        """Connect what needs the system bus once its socket exists, and
+        reconcile (the team backend's teamd and the integrations that ask
+        systemd need the bus too)."""
+        path = inotify.system_bus_socket()
+        if path is not None:
+            await inotify.wait_for_path(path)
+        log.info("the system bus is up")
+        if self.use_dbus and self.dbus is None:
+            await self._start_dbus()
+        if self._watcher is None:
+            await self._watch_networkmanager()
+        self.request_reconcile("system bus up")
+
     async def _start_dbus(self) -> None:
+        if not inotify.system_bus_up():
+            log.info("no system bus yet: the D-Bus API comes up with it")
+            return
         if not dbus_library():
             log.warning("no D-Bus API: no D-Bus library (python3-dbus-fast) is installed")
             return

@@ -97,6 +97,54 @@ class BusClient:
         result: list[Any] = self._run(self._call(msg, what or f"{destination} {member}"))
         return result
 
+    def start_transient_unit(self, unit: str, properties: list[tuple[str, str, Any]]) -> None:
+        """systemd runs a transient unit (properties: (name, signature, value))."""
+        props = [(k, Variant(sig, v)) for k, sig, v in properties]
+        self.call(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            [unit, "replace", props, []],
+            f"start {unit}",
+        )
+
+    def unit_state(self, unit: str) -> Optional[str]:
+        """A unit's ActiveState ("active", "deactivating", "inactive", ...),
+        None if systemd has not loaded it (it did not run in this boot)."""
+        try:
+            (path,) = self.call(
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "GetUnit",
+                "s",
+                [unit],
+                f"get {unit}",
+            )
+        except BusError as e:
+            if e.name == "org.freedesktop.systemd1.NoSuchUnit":
+                return None
+            raise
+        return str(
+            self.get_property(
+                "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"
+            )
+        )
+
+    def restart_unit(self, unit: str) -> None:
+        """systemctl restart, without waiting for the job."""
+        self.call(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "RestartUnit",
+            "ss",
+            [unit, "replace"],
+            f"restart {unit}",
+        )
+
     def get_property(self, destination: str, path: str, interface: str, name: str) -> Any:
         (value,) = self.call(
             destination, path, "org.freedesktop.DBus.Properties", "Get", "ss", [interface, name]

@@ -135,3 +135,35 @@ class PidWatch:
             self.loop.remove_reader(fd)
             os.close(fd)
         self.watched.clear()
+
+
+def find_by_name(comm: str, proc: Path = Path("/proc")) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process whose command name is `comm`."""
+    out = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != comm:
+                continue
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:  # gone, or hidden
+            continue
+        argv = [a.decode(errors="surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+        if argv:
+            out.append((int(entry.name), argv))
+    return out
+
+
+def cgroup(pid: int, proc: Path = Path("/proc")) -> str:
+    """/proc/<pid>/cgroup ("" if gone)."""
+    try:
+        return (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return ""
+
+
+def kill(pid: int) -> None:
+    """SIGKILL: the process gets no chance to clean up (on purpose)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
