@@ -263,11 +263,11 @@ class Daemon:
         self.request_reconcile("system bus up")
 
     async def _start_dbus(self) -> None:
-        if not inotify.system_bus_up():
-            log.info("no system bus yet: the D-Bus API comes up with it")
-            return
         if not dbus_library():
             log.warning("no D-Bus API: no D-Bus library (python3-dbus-fast) is installed")
+            return
+        if not inotify.system_bus_up():
+            log.info("no system bus yet: the D-Bus API comes up with it")
             return
         try:
             from guestfail.agent.server import DBusService
