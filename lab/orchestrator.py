@@ -19,10 +19,12 @@ every QMP event of both QEMU processes:
   d. plug      `device_add` of a VF at the destination: the same MAC, in
                another slot;
   e. carries   until traffic runs over the new VF: the lab's peer (the
-               switch) learned the guest's MAC on the VF's path, from the
-               guest's own frames; then, if the plan says how, the guest
-               confirms its pair through the agent (`guestfail status`, exit
-               0 once every pair is healthy).
+               switch) received a frame the guest itself sent over the VF's
+               path (QEMU's own RARPs, which its announce timer sends for
+               every NIC, the new VF too, right after device_add, do not
+               count: they say nothing about the guest); then, if the plan
+               says how, the guest confirms its pair through the agent
+               (`guestfail status`, exit 0 once every pair is healthy).
 
 With QEMU's own failover (`failover=on` on the standby) steps a and b are
 QEMU's: `migrate` makes it unplug the primary itself (UNPLUG_PRIMARY, the
@@ -42,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from lab import frames
 from lab.imagelab import Host, ImageLab
 from lab.vm import LabError, QmpEvent
 
@@ -111,7 +114,7 @@ class Record:
     t_unplugged_ns: int = 0  # DEVICE_DELETED of the VF on the source
     t_resumed_ns: int = 0  # RESUME on the destination: the guest runs there
     t_plugged_ns: int = 0  # device_add at the destination returned
-    t_carries_ns: int = 0  # the guest's MAC learned on the new VF's path
+    t_carries_ns: int = 0  # the first frame the guest sent over the new VF
 
     @property
     def ok(self) -> bool:
@@ -217,23 +220,31 @@ class _Run:
         )
         return dest
 
-    def plug(self, dest: Host) -> None:
+    def plug(self, dest: Host) -> _GuestFrames:
         s = self.begin("plug", dest.name)
+        # watched from before the device exists: no frame over it is missed
+        seen = _GuestFrames(self.lab, self.lab.topo.nic(self.plan.vf).mac, dest.paths[self.plan.vf])
         self.lab.plug(self.plan.vf, port=self.plan.dest_port, wait=False)
         self.rec.t_plugged_ns = time.monotonic_ns()
         self.end(s, port=self.plan.dest_port)
+        return seen
 
-    def carries(self, dest: Host) -> None:
+    def carries(self, dest: Host, seen: _GuestFrames) -> None:
         lab = self.lab
         s = self.begin("carries", dest.name)
-        path = dest.paths[self.plan.vf]
-        mac = lab.topo.nic(self.plan.vf).mac
-        since = lab.on_loop(
-            lab.peer.wait_learned(mac, path, self.plan.carry_timeout), self.plan.carry_timeout + 10
-        )
-        self.rec.t_carries_ns = since
-        entry = lab.peer.learned.get(mac)
-        self.end(s, path=path, learned_from=entry.kind if entry is not None else "")
+        try:
+            lab.on_loop(
+                lab.peer.wait_for(
+                    lambda _p: seen.first_ns != 0,
+                    self.plan.carry_timeout,
+                    f"a frame from the guest over {seen.path}",
+                ),
+                self.plan.carry_timeout + 10,
+            )
+        finally:
+            seen.close()
+        self.rec.t_carries_ns = seen.first_ns
+        self.end(s, path=seen.path, first_kind=seen.first_kind, qemu_rarps_before=seen.rarps)
 
     def confirm(self, argv: Sequence[str]) -> None:
         s = self.begin("confirm", "guest")
@@ -269,6 +280,30 @@ class _Run:
         return None
 
 
+class _GuestFrames:
+    """The first frame from the guest's MAC on one of the peer's paths that the
+    guest sent (not one of QEMU's RARPs), and how many RARPs came before it."""
+
+    def __init__(self, lab: ImageLab, mac: str, path: str) -> None:
+        self.mac = frames.normalize_mac(mac)
+        self.path = path
+        self.first_ns = 0
+        self.first_kind = ""
+        self.rarps = 0
+        self._remove = lab.peer.on_frame(self._on_frame)
+
+    def _on_frame(self, path: str, p: frames.Parsed, _raw: bytes) -> None:
+        if self.first_ns or path != self.path or not p.src_mac or frames.normalize_mac(p.src_mac) != self.mac:
+            return
+        if p.kind == "rarp":
+            self.rarps += 1
+            return
+        self.first_ns, self.first_kind = time.monotonic_ns(), p.kind
+
+    def close(self) -> None:
+        self._remove()
+
+
 def _events(host: Host, after_ns: int) -> list[Event]:
     return [Event(e.t_ns, host.name, e.name, dict(e.data)) for e in host.events if e.t_ns >= after_ns]
 
@@ -288,8 +323,8 @@ def migrate(lab: ImageLab, plan: Plan) -> Record:
         if not plan.qemu_unplugs:
             run.unplug()
         dest = run.migrate()
-        run.plug(dest)
-        run.carries(dest)
+        seen = run.plug(dest)
+        run.carries(dest, seen)
         if plan.confirm is not None:
             run.confirm(plan.confirm)
     except Exception as e:
