@@ -93,11 +93,20 @@ def test_orchestrated_migration_keeps_the_pair(boot: Any, debs: Debs) -> None:
     assert unplug.sent > 0 and unplug.lost == 0, unplug.as_dict()
     migration = report.window(rec.t_unplugged_ns, rec.t_resumed_ns)
     replug = report.window(rec.t_resumed_ns, rec.t_carries_ns)
+    after = report.window(rec.t_carries_ns, report.end_ns)
+    # at the destination, until the guest sent over its new VF, the standby
+    # carried the stream (the guest runs there: its replies came over the
+    # destination's standby path)
+    assert replug.replies_per_path.get("sb0@h1", 0) > 0, replug.as_dict()
+    carries = rec.step("carries")
+    assert carries is not None
+    assert carries.detail["first_kind"] not in ("", "rarp"), carries.detail
 
     # the peer learned where the guest went from its frames alone: from the
     # source's VF to the standby (guestfail's switch), to the destination's
     # standby (QEMU's announcement or the guest's next frame), to the new VF
-    moves = [(m.from_path, m.to_path) for m in lab.peer.moves if m.mac == lab.topo.nic("vf0").mac]
+    mine = [m for m in lab.peer.moves if m.mac == lab.topo.nic("vf0").mac]
+    moves = [(m.from_path, m.to_path) for m in mine]
     assert ("vf0", "sb0") in moves and ("sb0", "sb0@h1") in moves, moves
     assert moves[-1] == ("sb0@h1", "vf0@h1"), moves
 
@@ -124,10 +133,13 @@ def test_orchestrated_migration_keeps_the_pair(boot: Any, debs: Debs) -> None:
                 "unplug": unplug.lost,
                 "migration": migration.lost,
                 "replug": replug.lost,
+                "after": after.lost,
                 "total": report.lost,
                 "sent": report.sent,
             },
-            "moves": moves,
+            "carries": carries.detail,
+            "moves": [(round((m.t_ns - rec.t_start_ns) / 1e6), m.from_path, m.to_path, m.kind) for m in mine],
+            "timeline": rec.timeline(),
             "t": ns(),
         }
     )
