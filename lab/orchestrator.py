@@ -28,7 +28,9 @@ every QMP event of both QEMU processes:
 
 With QEMU's own failover (`failover=on` on the standby) steps a and b are
 QEMU's: `migrate` makes it unplug the primary itself (UNPLUG_PRIMARY, the
-migration in state `wait-unplug` until DEVICE_DELETED); the orchestrator
+migration in state `wait-unplug` until the guest let go of it; QEMU keeps
+the device, to plug it back if the migration fails, so no DEVICE_DELETED:
+the unplug's moment is the end of `wait-unplug`); the orchestrator
 then only adds the destination's VF, with `failover_pair_id` (the
 topology's device properties say so).
 
@@ -206,10 +208,7 @@ class _Run:
         resumed = self._event(dest, "RESUME", s.t0_ns)
         self.rec.t_resumed_ns = resumed.t_ns if resumed is not None else time.monotonic_ns()
         if plan.qemu_unplugs:
-            deleted = self._event(self.src, "DEVICE_DELETED", s.t0_ns, device=plan.vf)
-            if deleted is None:
-                raise LabError(f"QEMU's failover migrated without a DEVICE_DELETED of {plan.vf}")
-            self.rec.t_unplugged_ns = deleted.t_ns
+            self.rec.t_unplugged_ns = self._wait_unplug_end(s.t0_ns)
         lab.hand_over(dest)
         self.end(
             s,
@@ -272,6 +271,17 @@ class _Run:
         if not names:
             raise LabError(f"the guest agent lists no interface with MAC {mac}")
         return str(names[0])
+
+    def _wait_unplug_end(self, after_ns: int) -> int:
+        """When the source's migration left `wait-unplug` (QEMU's failover
+        waited there for the guest to let go of the primary)."""
+        waiting = self._event(self.src, "MIGRATION", after_ns, status="wait-unplug")
+        if waiting is None:
+            raise LabError(f"QEMU's failover migrated without unplugging {self.plan.vf} (no wait-unplug)")
+        for ev in self.src.events:
+            if ev.t_ns > waiting.t_ns and ev.name == "MIGRATION" and ev.data.get("status") != "wait-unplug":
+                return ev.t_ns
+        raise LabError("the source's migration never left wait-unplug")
 
     def _event(self, host: Host, name: str, after_ns: int, **match: Any) -> Optional[QmpEvent]:
         for ev in host.events:
