@@ -1,6 +1,8 @@
 """`python -m bench migration`: what a live migration of a guest with a VF
 costs its traffic, end to end, for four setups measured in one run,
-interleaved (kernel, guestfail, guestfail-noprep, bond, kernel, ...):
+interleaved (kernel, guestfail, guestfail-noprep, bond, kernel, ...);
+`python -m bench.migration FILE...` merges the JSON of several runs (runs of
+`--reps 1` back to back) into one table:
 
 * kernel:           QEMU's own failover (`failover=on` on the standby,
                     `failover_pair_id` on the VF) and the guest kernel's
@@ -29,6 +31,7 @@ time):
 
   unplug     the orchestrator starts (prepare-unplug, or device_del, or for
              net_failover `migrate`) -> DEVICE_DELETED of the VF at the source
+             (net_failover: the end of QEMU's wait-unplug)
   migration  -> RESUME at the destination (the guest runs there)
   replug     -> the first reply over the destination's VF, plus 1 s
   total      all three
@@ -65,7 +68,7 @@ TITLES = {
 }
 PHASES = ("unplug", "migration", "replug", "total")
 PHASE_TITLES = {
-    "unplug": "unplug (until DEVICE_DELETED)",
+    "unplug": "unplug (until the guest let go of the VF)",
     "migration": "migration (until the destination runs)",
     "replug": "replug (until the VF carries, + 1 s)",
     "total": "total",
@@ -471,3 +474,47 @@ def render(res: dict[str, Any]) -> str:
             + "\n".join(f"  {e['setup']} rep {e['rep']}: {e['error'].splitlines()[0]}" for e in res["errors"])
         )
     return "\n".join(parts)
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' JSON (`bench migration --json`) as one result: their
+    repetitions numbered on, summarized together."""
+    parts = [d.get("migration", d) for d in docs]
+    if not parts:
+        raise SystemExit("bench.migration: no results to merge")
+    runs: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    reps = 0
+    for part in parts:
+        n = part["params"]["reps"]
+        runs += [{**r, "rep": r["rep"] + reps} for r in part["runs"]]
+        errors += [{**e, "rep": e["rep"] + reps} for e in part["errors"]]
+        reps += n
+    params = {**parts[0]["params"], "reps": reps}
+    p = Params(reps=reps, rates=list(params["rates"]), setups=tuple(params["setups"]))
+    summary = summarize(runs, p)
+    seconds = round(sum(part["seconds"] for part in parts), 1)
+    return {"params": params, "runs": runs, "errors": errors, "summary": summary, "seconds": seconds}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m bench.migration FILE...`: the tables of runs written by
+    `bench migration --json FILE`, merged (runs of --reps 1 back to back
+    make one table of their repetitions)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m bench.migration", description=main.__doc__)
+    ap.add_argument("files", nargs="+", type=Path, help="JSON files of `bench migration --json`")
+    ap.add_argument("--json", type=Path, help="also write the merged result here")
+    args = ap.parse_args(argv)
+    res = merge([json.loads(f.read_text()) for f in args.files])
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    print(render(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
