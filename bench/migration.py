@@ -1,8 +1,8 @@
 """`python -m bench migration`: what a live migration of a guest with a VF
 costs its traffic, end to end, for four setups measured in one run,
-interleaved (kernel, guestfail, guestfail-noprep, bond, kernel, ...);
-`python -m bench.migration FILE...` merges the JSON of several runs (runs of
-`--reps 1` back to back) into one table:
+interleaved (kernel, guestfail, guestfail-noprep, bond, kernel, ...)
+(`python -m bench.migration FILE...` merges the JSON of several runs, runs
+of `--reps 1` back to back, into one table):
 
 * kernel:           QEMU's own failover (`failover=on` on the standby,
                     `failover_pair_id` on the VF) and the guest kernel's
