@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench <mode> [--quick] [--json out.json]
 
-Modes: failover, reaction, footprint, scale, soak, all.  Tables go to
+Modes: failover, reaction, footprint, scale, soak, migration, all
+(migration is not part of all: it boots Debian images, see BENCHMARKS.md).
+Tables go to
 stdout, progress to stderr.  Every guest boots Debian's kernel under QEMU
 (TCG unless GUESTFAIL_LAB_ACCEL=kvm): a boot alone takes 20-60 s.
 """
@@ -19,11 +21,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from bench import common, failover, footprint, reaction, scale, soak
+from bench import common, failover, footprint, migration, reaction, scale, soak
 from bench.common import say
 from lab import topology
 
-MODES = ("failover", "reaction", "footprint", "scale", "soak", "all")
+MODES = ("failover", "reaction", "footprint", "scale", "soak", "migration", "all")
 
 
 def parse_rates(text: str) -> tuple[list[float], bool]:
@@ -43,18 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 repetition, low counts")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     ap.add_argument("-v", "--verbose", action="store_true", help="the lab's own log messages too")
-    g = ap.add_argument_group("failover")
-    g.add_argument("--reps", type=int, help="repetitions per setup (default 5; --quick 1)")
+    g = ap.add_argument_group("failover, migration")
+    g.add_argument("--reps", type=int, help="repetitions per setup (default 5, migration 3; --quick 1)")
     g.add_argument(
         "--rates",
-        default="1000,200",
-        help="stream rates, pps, comma-separated (default 1000,200); auto: 1000, and 200 "
-        "only if 1000 is not answered without loss in steady state",
+        help="stream rates, pps, comma-separated (default 1000,200; migration 200,1000, --quick "
+        "200: one migration per rate in each guest); failover only: auto: 1000, and 200 only if 1000 "
+        "is not answered without loss in steady state",
     )
     g.add_argument(
         "--setups",
-        default=",".join(failover.SETUPS),
-        help=f"which setups (default {','.join(failover.SETUPS)})",
+        help=f"which setups (default {','.join(failover.SETUPS)}; migration: {','.join(migration.SETUPS)})",
     )
     g.add_argument(
         "--broadcasts", type=int, help="broadcasts in the duplicates row (default 200; --quick 20)"
@@ -120,19 +121,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     common.require_lab()
     doc: dict[str, Any] = {"environment": common.environment(), "quick": q, "argv": sys.argv[1:]}
     say(f"bench {args.mode}{' --quick' if q else ''}: {doc['environment']}")
-    rates, auto = parse_rates(args.rates)
+    rates, auto = parse_rates(args.rates or "1000,200")
     fo = failover.Params(
         reps=pick(args.reps, 5, 1, q),
         rates=rates,
         auto_rates=auto,
         steady_s=pick(None, 10.0, 3.0, q),
         bcasts=pick(args.broadcasts, 200, 20, q),
-        setups=tuple(s for s in args.setups.split(",") if s),
+        setups=tuple(s for s in (args.setups or ",".join(failover.SETUPS)).split(",") if s),
         vf_model=args.vf_model,
     )
-    for s in fo.setups:
-        if s not in failover.SETUPS:
-            raise SystemExit(f"bench: unknown setup {s!r} (known: {', '.join(failover.SETUPS)})")
+    mi = migration.Params(
+        reps=pick(args.reps, 3, 1, q),
+        rates=[float(x) for x in (args.rates or ("200" if q else "200,1000")).split(",") if x],
+        setups=tuple(s for s in (args.setups or ",".join(migration.SETUPS)).split(",") if s),
+    )
+    if args.mode == "migration":
+        for s in mi.setups:
+            if s not in migration.SETUPS:
+                raise SystemExit(
+                    f"bench: unknown migration setup {s!r} (known: {', '.join(migration.SETUPS)})"
+                )
+    else:
+        for s in fo.setups:
+            if s not in failover.SETUPS:
+                raise SystemExit(f"bench: unknown setup {s!r} (known: {', '.join(failover.SETUPS)})")
     re_p = reaction.Params(
         flaps=pick(args.flaps, 250, 10, q),
         setups=tuple(x for x in args.reaction_setups.split(",") if x),
@@ -166,6 +179,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         jobs.append(("scale", lambda: scale.run(sc), scale.render))
     elif args.mode == "soak":
         jobs.append(("soak", lambda: soak.run(so), soak.render))
+    elif args.mode == "migration":
+        jobs.append(("migration", lambda: migration.run(mi), migration.render))
     else:
         # one guest for footprint, reaction and soak; scale and failover boot their own
         jobs.append(("footprint+reaction+soak", lambda: soak.run_shared(fp, re_p, so), soak.render_shared))

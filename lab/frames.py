@@ -24,6 +24,7 @@ from typing import Optional, Union
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+ETH_P_RARP = 0x8035  # QEMU's self-announcement after a migration (net/announce.c)
 ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
@@ -91,6 +92,7 @@ KINDS = frozenset(
         "icmp6-other",
         "ipv6-fragment",
         "other-ipv6",
+        "rarp",
         "unknown",
         "malformed",
     }
@@ -493,6 +495,8 @@ def _parse(frame: bytes) -> Parsed:
         return _parse_ipv4(body, eth)
     if ethertype == ETH_P_IPV6:
         return _parse_ipv6(body, eth)
+    if ethertype == ETH_P_RARP:  # learned from like any frame; its body says nothing more
+        return replace(eth, kind="rarp")
     detail = "802.3 length field" if ethertype < 0x0600 else f"ethertype 0x{ethertype:04x}"
     return replace(eth, detail=detail)
 

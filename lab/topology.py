@@ -145,6 +145,10 @@ def device_props(topo: Topology, nic: Nic, port: Optional[str] = None, mac: str 
             props["failover"] = "on"
         elif nic.role == "primary":
             props["failover_pair_id"] = topo.standbys()[0].id
+            # no option ROM: QEMU sends the RAM block list before it unplugs
+            # the primary (wait-unplug), and a destination without the VF
+            # refuses the migration over the ROM's block
+            props["romfile"] = ""
     return props
 
 

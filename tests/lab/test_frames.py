@@ -254,6 +254,13 @@ def test_ethernet_padding_is_ignored() -> None:
     assert f.parse(udp).payload == b"ab"
 
 
+def test_rarp_is_told_apart() -> None:
+    # QEMU's self-announcement after a migration: a RARP broadcast from the NIC's MAC
+    body = bytes.fromhex("0001080006040003") + bytes.fromhex(GUEST.replace(":", "")) * 2 + bytes(8)
+    p = f.parse(f.ethernet(f.BROADCAST_MAC, GUEST, f.ETH_P_RARP, body))
+    assert (p.kind, p.src_mac) == ("rarp", GUEST)
+
+
 def test_other_kinds() -> None:
     assert f.parse(f.ethernet(PEER, GUEST, 0x88CC, b"lldp" * 10)).kind == "unknown"
     assert f.parse(f.ethernet(PEER, GUEST, 0x0030, b"llc" * 10)).kind == "unknown"
