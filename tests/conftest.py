@@ -14,7 +14,8 @@ EXTENDED = os.environ.get("GUESTFAIL_EXTENDED") == "1"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if EXTENDED:
         return
-    skip = pytest.mark.skip(reason="extended tier, not in CI's budget: run with GUESTFAIL_EXTENDED=1 (README)")
+    why = "extended tier, outside CI's time budget: run with GUESTFAIL_EXTENDED=1 (README)"
+    skip = pytest.mark.skip(reason=why)
     for item in items:
         if item.get_closest_marker("extended") is not None:
             item.add_marker(skip)
