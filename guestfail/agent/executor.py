@@ -18,7 +18,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
-from guestfail.core.plan import Plan
+from guestfail.core.plan import Plan, links_first
 from guestfail.core.steps import (
     AddAddresses,
     CreateMaster,
@@ -229,10 +229,11 @@ class Executor:
             self.backend.set_primary(m, name(m), s, name(s) if s else "")
         elif isinstance(step, MoveAddresses):
             src, dst = ref(step.src), ref(step.dst)
-            # addresses first: a route's gateway must be reachable on dst
+            # addresses first, then link routes: a route's gateway must be
+            # reachable on dst
             for a in step.addresses:
                 self.nl.add_address(dst, name(dst), a.relabelled(name(dst)))
-            for r in step.routes:
+            for r in links_first(step.routes):
                 if not r.nexthops:
                     # a route with the same key out of src would make the
                     # kernel refuse this one (EEXIST); a multipath route is
@@ -245,7 +246,7 @@ class Executor:
             i = ref(step.link)
             for a in step.addresses:
                 self.nl.add_address(i, name(i), a.relabelled(name(i)))
-            for r in step.routes:
+            for r in links_first(step.routes):
                 self.nl.add_route(i, name(i), r)
         elif isinstance(step, DeleteMaster):
             m = ref(step.master)

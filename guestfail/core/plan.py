@@ -218,6 +218,15 @@ def gateway_reachable(r: Route, target: Optional[Link], adding: tuple[Address, .
     )
 
 
+def links_first(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """`routes` in an order the kernel takes them on a new link: routes
+    without a gateway (a subnet's route, which makes a gateway reachable)
+    before those through one.  NetworkManager holds addresses without
+    their prefix routes and lists its subnet route after its default
+    route."""
+    return tuple(sorted(routes, key=lambda r: bool(r.gateway or r.nexthops)))
+
+
 def missing_routes(routes: tuple[Route, ...], target: int, snap: Snapshot) -> tuple[Route, ...]:
     """Journal routes the target does not carry yet."""
     present = {r.key for r in snap.routes_via(target)}

@@ -386,6 +386,26 @@ def test_a_release_killed_at_any_step_is_finished_by_the_next(tmp_path: Path) ->
         assert_released(w)
 
 
+def test_release_gives_a_network_managers_routes_back_in_an_order_the_kernel_takes(tmp_path: Path) -> None:
+    """NetworkManager holds the master's IPv4 addresses without their prefix
+    routes (noprefixroute) and adds the subnet's route itself, after its
+    default route.  Released in the order the kernel lists them, the default
+    route's gateway is not reachable yet on the standby (ENETUNREACH: the vm
+    test's `release --all` after NetworkManager stopped): link routes go
+    first."""
+    w = paired_world(tmp_path)
+    master = w.link("ens11")
+    for a in [a for i, a in w.k.addr_table if i == master.ifindex and a.family == socket.AF_INET]:
+        w.k.del_address(master.ifindex, "ens11", a)
+        w.k.add_address(master.ifindex, "ens11", replace(a, flags=a.flags | 0x200))  # IFA_F_NOPREFIXROUTE
+    # NetworkManager's own subnet route (RTPROT_DHCP)
+    subnet = Route(socket.AF_INET, "192.0.2.0", 24, protocol=16, priority=100)
+    w.k.add_route(master.ifindex, "ens11", subnet)
+    release(w.cfg, w.k, Sysfs(tmp_path / "sys"), None, lambda _: None)
+    assert w.routes("ens11") == ALL_ROUTES | {subnet.key}
+    assert w.addresses("ens11") == EVERYTHING
+
+
 def test_release_of_a_name_that_is_no_master_changes_nothing(tmp_path: Path) -> None:
     w = paired_world(tmp_path)
     before = list(w.k.requests)
