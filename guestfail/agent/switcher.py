@@ -38,7 +38,7 @@ from guestfail.core.decision import Decision, decide
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
-from guestfail.core.records import PairRecord, Switch
+from guestfail.core.records import MAC_FOLLOWS, PairRecord, Switch
 from guestfail.system import packets as announce
 from guestfail.system.linkevents import LinkEvent
 from guestfail.system.netlink import NetlinkFailure, Rtnl
@@ -366,7 +366,9 @@ class Switcher:
     def _announce_later(self, rec: PairRecord) -> None:
         """Gratuitous ARP and unsolicited NA for the master's addresses out of
         its new active member: queued behind the switch, not before it."""
-        if rec.master is None or not self.announce_enabled():
+        # a master whose MAC follows its active member must announce the new
+        # MAC, whatever agent.announce says
+        if rec.master is None or not (self.announce_enabled() or rec.mac == MAC_FOLLOWS):
             return
         asyncio.get_running_loop().run_in_executor(self.thread, self._announce, rec.master)
 

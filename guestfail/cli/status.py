@@ -27,7 +27,7 @@ from guestfail.core.errors import Exit, NotFound
 from guestfail.core.match import MatchResult, match
 from guestfail.core.model import Snapshot
 from guestfail.core.plan import master_of
-from guestfail.core.records import STATE_FILE, PairRecord, document, match_sections
+from guestfail.core.records import MAC_FOLLOWS, MAC_MODES, STATE_FILE, PairRecord, document, match_sections
 from guestfail.system import files
 
 # ------------------------------------------------------------------ gather
@@ -179,6 +179,7 @@ class PairView:
     switches: int
     history: tuple[SwitchView, ...]
     json: dict[str, Any]
+    mac: str = ""  # records.MAC_MODES
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PairView:
@@ -204,6 +205,7 @@ class PairView:
             switches=int(d.get("switches") or 0),
             history=tuple(SwitchView.from_json(s) for s in d.get("history") or ()),
             json=d,
+            mac=str(d.get("mac") or ""),
         )
 
     @property
@@ -312,6 +314,7 @@ def render(st: Status) -> str:
     if not st.pairs:
         lines.append("(no pairs)")
     lines.extend(f"{p.master or p.key}: error: {p.error}" for p in st.pairs if p.error)
+    lines.extend(f"{p.master or p.key}: {MAC_MODES[MAC_FOLLOWS]}" for p in st.pairs if p.mac == MAC_FOLLOWS)
     for title, items in (
         ("refused", st.refusals),
         ("unpaired", st.unpaired),
@@ -402,6 +405,8 @@ def render_pair(p: PairView, ms: list[Member]) -> str:
         + f", {p.switches} switches",
         f"  paired by {p.rule or 'no rule yet'}: {p.reason}" + (f"; label {p.label!r}" if p.label else ""),
     ]
+    if p.mac:
+        lines.append(f"  MAC: {MAC_MODES.get(p.mac, p.mac)}")
     if p.error:
         lines.append(f"  error: {p.error}")
     rows = [("MEMBER", "ROLE", "CARRIER", "SPEED", "DRIVER", "PCI", "SLOT", "PERMANENT MAC", "LINK FAILURES")]

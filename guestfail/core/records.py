@@ -20,6 +20,28 @@ SCHEMA = 1
 STATE_FILE = "state.json"
 HISTORY = 32
 
+#: how a pair's primary stands to the standby's MAC (status "mac")
+MAC_SAME = "same"  # their permanent MACs are equal
+MAC_SET = "set"  # the primary carries the standby's MAC (set for the pair)
+MAC_FOLLOWS = "follows-active"  # fail_over_mac=active: announced on every switch
+MAC_MODES = {
+    MAC_SAME: "the same permanent MAC",
+    MAC_SET: "the primary carries the standby's MAC (set for the pair)",
+    MAC_FOLLOWS: (
+        "the master's MAC follows the active member (fail_over_mac=active), announced at every switch"
+    ),
+}
+
+
+def mac_mode(sby: Link, prim: Optional[Link]) -> str:
+    if prim is None:
+        return ""
+    if prim.hw_mac == sby.hw_mac:
+        return MAC_SAME
+    if prim.mac == sby.hw_mac:
+        return MAC_SET
+    return MAC_FOLLOWS
+
 
 @dataclass(frozen=True)
 class Switch:
@@ -59,6 +81,8 @@ class PairRecord:
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
+    primary_slot: str = ""  # the PCI slot of the primary (the attention button's)
+    mac: str = ""  # MAC_SAME, MAC_SET, MAC_FOLLOWS; "" without a primary
 
     def facts(self) -> Facts:
         """What the switch decision reads (guestfail.core.decision)."""
@@ -91,6 +115,8 @@ class PairRecord:
         self.primary_name = prim.name if prim else ""
         self.primary_carrier = bool(prim and prim.lower_up and prim.up)
         self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
+        self.primary_slot = prim.slot if prim else ""
+        self.mac = mac_mode(sby, prim)
         return new_primary
 
     def names(self) -> dict[int, str]:
@@ -123,6 +149,8 @@ class PairRecord:
             "primary": self.primary_name or None,
             "rule": self.rule,
             "reason": self.reason,
+            "mac": self.mac or None,
+            "slot": self.primary_slot or None,
             "drained": self.drained,
             "error": self.error,
             "switches": self.switches,
