@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
+from guestfail.agent.buttons import AttentionButtons
 from guestfail.agent.reconciler import Reconciler, Scheduler
 from guestfail.agent.switcher import State, Switcher, now_ns
 from guestfail.backends.bond import BondBackend
@@ -114,6 +115,8 @@ class Daemon:
             announce_enabled=lambda: self.cfg.announce,
             retry_delay=lambda: max(self.cfg.bond.miimon, 50) / 1000 * 1.5,
         )
+        # ordered removal: the attention button, seen in the kernel's log
+        self.buttons = AttentionButtons(self.switcher, self.pairs.values, self.request_reconcile)
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
@@ -178,6 +181,7 @@ class Daemon:
             if self.use_udev:
                 self._udev = Udev()
                 loop.add_reader(self._udev.start_monitor(), self._on_udev)
+            self.buttons.start(loop)
         if self.use_dbus:
             await self._start_dbus()
         await self._watch_networkmanager()
@@ -193,6 +197,7 @@ class Daemon:
             self._monitor.close()
         if self._udev is not None and self._udev.monitor is not None:
             loop.remove_reader(self._udev.monitor.fileno())
+        self.buttons.close(loop)
         if self.dbus is not None:
             await self.dbus.stop()
         if self._watcher is not None:
@@ -246,7 +251,7 @@ class Daemon:
             )
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
-        """fn(signal_name, payload) for PairCreated, PairRemoved, ActiveChanged, Refused."""
+        """fn(signal_name, payload) for PairCreated, Paired, PairRemoved, ActiveChanged, Refused."""
         self._listeners.append(fn)
 
     def _emit(self, name: str, payload: dict[str, Any]) -> None:
@@ -317,7 +322,10 @@ class Daemon:
             prim = snap.get(p.primary)
             if prim is None and rec.primary is not None and rec.drained:
                 self.switcher.drain_over(rec)  # the drained primary is gone: drain complete
+            joined = (rec.primary, rec.primary_enslaved)
             new_primary = rec.observe(p, snap, master)
+            if rec.primary_enslaved and joined != (rec.primary, True):
+                self._emit("Paired", rec.paired_json())  # a primary joined: by which rule, why
             rec.error = out.errors.get(p.key, "")
             if self.switcher.flight(rec).state == State.STEADY:
                 rec.active = out.active.get(p.key)
@@ -332,7 +340,10 @@ class Daemon:
         for key in seen - old_keys:
             rec = self.pairs[key]
             if rec.master is not None:
-                self._emit("PairCreated", {"pair": rec.master_name, "key": key, "rule": rec.rule})
+                self._emit(
+                    "PairCreated",
+                    {"pair": rec.master_name, "key": key, "rule": rec.rule, "reason": rec.reason},
+                )
         refusals = {
             (tuple(snap.links[i].name for i in r.links if i in snap.links), r.reason) for r in result.refusals
         }
@@ -423,6 +434,7 @@ class Daemon:
             "reconciles": self.reconciling.runs,
             "resyncs": self.resyncs,
             "retry_in_s": self.reconciling.retry_in,
+            "attention_button": self.buttons.state,
         }
 
     def status(self) -> dict[str, Any]:

@@ -7,7 +7,8 @@ record, with each pair's switch in flight as an explicit state machine.
     RETRY      the kernel refused (its miimon has not seen the member's link
                yet): a timer asks again one and a half miimon later, unless
                the bond reselects by itself first
-    DRAINING   prepare-unplug's request is with the kernel
+    DRAINING   prepare-unplug's (or the attention button's) request is with
+               the kernel
 
 Every change of state goes through `Flight.go()`, which checks it against
 TRANSITIONS, logs `old -> new`, wakes whoever waits, and cancels the pair's
@@ -386,9 +387,12 @@ class Switcher:
 
     # ------------------------------------------------------------ drain
 
-    async def drain(self, rec: PairRecord, timeout: float, expires: float = 0) -> None:
-        """prepare-unplug: the standby carries the traffic and the primary is
-        no longer the bond's preferred member; returns once the kernel
+    async def drain(
+        self, rec: PairRecord, timeout: float, expires: float = 0, why: str = "prepare-unplug"
+    ) -> None:
+        """prepare-unplug, or an ordered removal (`why` says which: the
+        attention button): the standby carries the traffic and the primary
+        is no longer the bond's preferred member; returns once the kernel
         confirms it.  A failure or a timeout is undone (after a timeout,
         once the request is back from the kernel); a drain whose VF is still
         there `expires` seconds later is undone too (0: never)."""
@@ -400,8 +404,8 @@ class Switcher:
         names = rec.names()
         frm = rec.active
         t0 = now_ns()
-        f.since_ns, f.why = t0, "prepare-unplug"
-        f.go(State.DRAINING, "prepare-unplug")
+        f.since_ns, f.why = t0, why
+        f.go(State.DRAINING, why)
         rec.drained = True
         loop = asyncio.get_running_loop()
 
@@ -414,26 +418,26 @@ class Switcher:
         if not done:
 
             def late(_f: asyncio.Future[Optional[int]]) -> None:
-                f.go(State.STEADY, "late answer to prepare-unplug")
-                self.undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
+                f.go(State.STEADY, f"late answer to {why}")
+                self.undrain(rec, f"{why} timed out after {timeout:g} s")
 
             fut.add_done_callback(late)
             raise SystemRefused(
                 f"{rec.master_name}: the kernel did not confirm the switch to "
                 f"{rec.name_of(sby)} within {timeout:g} s; the drain is undone"
             )
-        f.go(State.STEADY, "prepare-unplug answered")
+        f.go(State.STEADY, f"{why} answered")
         try:
             confirmed = fut.result()
         except GuestfailError as e:
-            self.undrain(rec, f"prepare-unplug failed: {e}")
+            self.undrain(rec, f"{why} failed: {e}")
             raise
         rec.active = confirmed
         if confirmed != sby:
             self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
-            self._record(rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail")
+            self._record(rec, frm, sby, why, (now_ns() - t0) / 1e6, "guestfail")
             self._announce_later(rec)
         f.clear()
         rec.decision = decide(rec.facts())

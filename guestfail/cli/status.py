@@ -235,6 +235,7 @@ class Status:
     state_file_age_s: Optional[float]
     retry_in_s: Optional[float]
     document: dict[str, Any]  # what --json prints
+    attention_button: str = ""  # the daemon's: watched, or why not
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Status:
@@ -262,6 +263,7 @@ class Status:
             state_file_age_s=doc.get("state_file_age_s"),
             retry_in_s=d.get("retry_in_s") if running else None,
             document=doc,
+            attention_button=str(d.get("attention_button") or "") if running else "",
         )
 
     def pair(self, name: str) -> PairView:
@@ -332,6 +334,8 @@ def render(st: Status) -> str:
     else:
         src = "live view only (no daemon, no state file)"
     lines.append(f"health: {st.health.value}; source: {src}")
+    if st.attention_button.startswith("not seen"):
+        lines.append(f"attention button {st.attention_button}")
     if st.retry_in_s is not None:
         lines.append(f"the last reconciliation left work undone: tried again in {st.retry_in_s:g} s")
     if not st.running:

@@ -133,6 +133,20 @@ class PairRecord:
     def name_of(self, idx: Optional[int]) -> str:
         return self.names().get(idx, "") if idx is not None else ""
 
+    def paired_json(self) -> dict[str, Any]:
+        """A primary joined the pair: which, by which rule, why, and how its
+        MAC stands (the D-Bus signal Paired)."""
+        return {
+            "pair": self.master_name,
+            "key": self.key,
+            "standby": self.standby_name,
+            "primary": self.primary_name,
+            "slot": self.primary_slot or None,
+            "rule": self.rule,
+            "reason": self.reason,
+            "mac": self.mac or None,
+        }
+
     def to_json(self) -> dict[str, Any]:
         d = self.decision
         last = self.history[-1].to_json() if self.history else None

@@ -6,6 +6,7 @@ the reconciler then builds on the in-memory kernel when the VF's MAC differs
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,47 @@ def test_release_gives_the_vf_its_own_mac_back(tmp_path: Path) -> None:
     vf = snap.by_name("ens11npf")
     assert m is not None and vf is not None and vf.mac == SBY
     assert SetMac(vf.ifindex, VF) in plan_release(m, snap)
+
+
+def test_a_vf_plugged_into_the_bridges_free_slot_pairs_and_is_signalled(tmp_path: Path) -> None:
+    """The daemon with a marked switch: the standby waits alone behind it;
+    a VF with another MAC plugged into a free slot is paired by topology,
+    given the standby's MAC, and the Paired signal says by which rule."""
+    from guestfail.system.linkevents import LinkEvent
+
+    from .test_daemon import daemon, reconciled
+
+    w = World(tmp_path, 'match = ["topology", "mac"]\n' + SWITCH)
+    w.fs.virtio_nic("ens11", "0000:03:00.0", bridges=behind(1))
+    w.k.add("ens11", mac=SBY)
+    port = tmp_path / "sys" / "devices" / "pci0000:00" / RP[0] / USP[0] / DSP[3][0]
+    w.fs.slot("33", "0000:05:00", port)  # the free slot
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    async def go() -> None:
+        async with daemon(w) as d:
+            d.subscribe(lambda name, payload: seen.append((name, payload)))
+            assert d.status()["pairs"] == []
+            # udev marks whatever comes into the free slot unmanaged at once
+            assert (w.state / "claims" / "pci-0000:05:00.0").exists()
+            n = d.reconciling.runs
+            w.fs.pci_nic("ens33", "0000:05:00.0", "iavf", slot="33", bridges=behind(3))
+            vf = w.k.add("ens33", mac=VF)
+            link = w.k.get_link(vf)
+            assert link is not None
+            d.on_link_event(LinkEvent(True, link, 1))  # udev's "add" in the real daemon
+            d.request_reconcile("udev add ens33")
+            await reconciled(d, n)
+            (pair,) = d.status()["pairs"]
+            assert (pair["rule"], pair["mac"], pair["primary"], pair["slot"]) == (
+                "topology",
+                "set",
+                "ens11npf",
+                "33",
+            )
+            assert w.link("ens11npf").mac == SBY
+
+    asyncio.run(go())
+    paired = [p for name, p in seen if name == "Paired"]
+    assert paired and paired[-1]["rule"] == "topology" and paired[-1]["primary"] == "ens11npf"
+    assert "behind bridge 0000:01:00.0 (104c:8232)" in str(paired[-1]["reason"])
