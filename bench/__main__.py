@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench <mode> [--quick] [--json out.json]
 
-Modes: failover, reaction, footprint, scale, soak, all.  Tables go to
+Modes: failover, reaction, footprint, scale, soak, removal, all.  Tables go to
 stdout, progress to stderr.  Every guest boots Debian's kernel under QEMU
 (TCG unless GUESTFAIL_LAB_ACCEL=kvm): a boot alone takes 20-60 s.
 """
@@ -19,10 +19,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from bench import common, failover, footprint, reaction, scale, soak
+from bench import common, failover, footprint, reaction, removal, scale, soak
 from bench.common import say
 
-MODES = ("failover", "reaction", "footprint", "scale", "soak", "all")
+MODES = ("failover", "reaction", "footprint", "scale", "soak", "removal", "all")
 
 
 def parse_rates(text: str) -> tuple[list[float], bool]:
@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm", type=int, help="soak: veth pairs per burst of the event storm (default 1000; --quick 300)"
     )
     g.add_argument("--seed", type=int, help="soak: random seed of the kill delays (default: the time)")
+    g = ap.add_argument_group("removal")
+    g.add_argument("--events", type=int, help="removals per setup and rate (default 3; --quick 1)")
+    g.add_argument(
+        "--removals",
+        default=",".join(removal.SETUPS),
+        help=f"which removals (default {','.join(removal.SETUPS)})",
+    )
     g = ap.add_argument_group("footprint")
     g.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 60; --quick 10)")
     return ap
@@ -120,6 +127,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         seed=args.seed if args.seed is not None else int(time.time()),
     )
 
+    rm = removal.Params(
+        events=pick(args.events, 3, 1, q),
+        rates=list(rates),
+        setups=tuple(s for s in args.removals.split(",") if s),
+    )
+    for s in rm.setups:
+        if s not in removal.SETUPS:
+            raise SystemExit(f"bench: unknown removal {s!r} (known: {', '.join(removal.SETUPS)})")
     jobs: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], str]]] = []
     if args.mode == "failover":
         jobs.append(("failover", lambda: failover.run(fo), failover.render))
@@ -131,6 +146,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         jobs.append(("scale", lambda: scale.run(sc), scale.render))
     elif args.mode == "soak":
         jobs.append(("soak", lambda: soak.run(so), soak.render))
+    elif args.mode == "removal":
+        jobs.append(("removal", lambda: removal.run(rm), removal.render))
     else:
         # one guest for footprint, reaction and soak; scale and failover boot their own
         jobs.append(("footprint+reaction+soak", lambda: soak.run_shared(fp, re_p, so), soak.render_shared))
