@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from bench import common, failover, footprint, reaction, removal, scale, soak
 from bench.common import say
+from lab import topology
 
 MODES = ("failover", "reaction", "footprint", "scale", "soak", "removal", "all")
 
@@ -58,8 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--broadcasts", type=int, help="broadcasts in the duplicates row (default 200; --quick 20)"
     )
+    g.add_argument(
+        "--vf-model",
+        default=topology.DEFAULT_PRIMARY_MODEL,
+        choices=topology.VF_MODELS,
+        help="the VF's stand-in (default vmxnet3: reports link at once; e1000: its watchdog takes up to 2 s)",
+    )
     g = ap.add_argument_group("reaction, soak")
-    g.add_argument("--flaps", type=int, help="reaction: link flaps (default 250; --quick 10)")
+    g.add_argument("--flaps", type=int, help="reaction: link flaps per setup (default 250; --quick 10)")
+    g.add_argument(
+        "--reaction-setups",
+        default=",".join(reaction.SETUPS),
+        help=f"reaction: which setups (default {','.join(reaction.SETUPS)})",
+    )
     g.add_argument("--cycles", type=int, help="soak: unplug/replug cycles (default 200; --quick 3)")
     g.add_argument("--soak-flaps", type=int, help="soak: link flaps (default 500; --quick 5)")
     g.add_argument("--kills", type=int, help="soak: SIGKILLs of the agent (default 20; --quick 2)")
@@ -67,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm", type=int, help="soak: veth pairs per burst of the event storm (default 1000; --quick 300)"
     )
     g.add_argument("--seed", type=int, help="soak: random seed of the kill delays (default: the time)")
+    g.add_argument(
+        "--phases",
+        default=",".join(soak.PHASES),
+        help=f"soak: which phases, each in a guest of its own run (default {','.join(soak.PHASES)}); "
+        "on a 2-core TCG host each takes under 30 minutes alone",
+    )
     g = ap.add_argument_group("removal")
     g.add_argument("--events", type=int, help="removals per setup and rate (default 3; --quick 1)")
     g.add_argument(
@@ -112,11 +130,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         steady_s=pick(None, 10.0, 3.0, q),
         bcasts=pick(args.broadcasts, 200, 20, q),
         setups=tuple(s for s in args.setups.split(",") if s),
+        vf_model=args.vf_model,
     )
     for s in fo.setups:
         if s not in failover.SETUPS:
             raise SystemExit(f"bench: unknown setup {s!r} (known: {', '.join(failover.SETUPS)})")
-    re_p = reaction.Params(flaps=pick(args.flaps, 250, 10, q))
+    re_p = reaction.Params(
+        flaps=pick(args.flaps, 250, 10, q), setups=tuple(x for x in args.reaction_setups.split(",") if x)
+    )
+    for s in re_p.setups:
+        if s not in reaction.SETUPS:
+            raise SystemExit(f"bench: unknown reaction setup {s!r} (known: {', '.join(reaction.SETUPS)})")
     fp = footprint.Params(idle_s=pick(args.idle, 60.0, 10.0, q), status_runs=pick(None, 10, 3, q))
     sc = scale.Params(pairs=8)
     so = soak.Params(
@@ -125,7 +149,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         kills=pick(args.kills, 20, 2, q),
         storm=pick(args.storm, 1000, 300, q),
         seed=args.seed if args.seed is not None else int(time.time()),
+        phases=tuple(x for x in args.phases.split(",") if x),
     )
+    for ph in so.phases:
+        if ph not in soak.PHASES:
+            raise SystemExit(f"bench: unknown soak phase {ph!r} (known: {', '.join(soak.PHASES)})")
 
     rm = removal.Params(
         events=pick(args.events, 3, 1, q),

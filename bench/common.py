@@ -405,6 +405,11 @@ class BenchGuest:
             what=f"{slave} active in {master}",
         )
 
+    def wait_team_active(self, master: str, port: str, timeout: float = 60) -> None:
+        self.lab.wait_net(
+            [{"team_active": master, "eq": port}], timeout=timeout, what=f"{port} active in {master}"
+        )
+
     def proc_status(self, pid: int, tid: Optional[int] = None) -> dict[str, str]:
         """/proc/<pid>/status, or one thread's (/proc/<pid>/task/<tid>/status)."""
         path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"

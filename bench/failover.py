@@ -7,7 +7,12 @@ failover event, for three setups measured in the same run:
 * bond:      a plain active-backup bond with miimon=100 and no agent, made
              by hand as tools/hv/bondvf.sh did (the harness enslaves a
              re-plugged VF the moment udev is done with it, as a distribution's
-             hotplug script would).
+             hotplug script would);
+* teamd:     teamd's activebackup runner with the ethtool link watch and no
+             agent, configured as a careful admin would (the VF preferred by
+             port priority, its own peer notification and multicast rejoin at
+             once after a switch); a re-plugged VF is added the same way;
+* guestfail-team: guestfail's team backend (teamd driven by guestfail).
 
 Each repetition of each setup is a freshly booted guest (nothing carries over
 from one measurement to the next: no learned state in the bond, no history
@@ -22,6 +27,7 @@ span between two consecutive answered packets in the window).
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -42,11 +48,13 @@ from lab.peer import Stream, StreamReport
 from lab.topology import Topology
 from lab.vm import GuestError
 
-SETUPS = ("kernel", "guestfail", "bond")
+SETUPS = ("kernel", "guestfail", "bond", "teamd", "guestfail-team")
 TITLES = {
     "kernel": "net_failover (kernel)",
     "guestfail": "guestfail (bond)",
     "bond": "bond miimon=100, no agent",
+    "teamd": "teamd activebackup, no agent",
+    "guestfail-team": "guestfail (team)",
 }
 BCAST_PORT = 9999
 LINK_DOWN_S = 4.0
@@ -76,6 +84,7 @@ class Params:
     steady_s: float = 10.0
     bcasts: int = 200
     setups: tuple[str, ...] = SETUPS
+    vf_model: str = topology.DEFAULT_PRIMARY_MODEL  # vmxnet3 (link at once) or e1000 (2 s watchdog)
 
 
 class RowSkipped(RuntimeError):
@@ -92,9 +101,10 @@ class Setup:
 
     def __init__(self) -> None:
         self.master = ""
+        self.vf_model = topology.DEFAULT_PRIMARY_MODEL
 
     def topology(self) -> Topology:
-        return topology.basic(with_other=False)
+        return topology.basic(with_other=False, vf_model=self.vf_model)
 
     def prepare(self, g: BenchGuest) -> None:
         """The guest's network before any VF: the standby carries 192.0.2.2."""
@@ -118,7 +128,7 @@ class KernelSetup(Setup):
     key = "kernel"
 
     def topology(self) -> Topology:
-        return topology.basic(qemu_failover=True, with_other=False)
+        return topology.basic(qemu_failover=True, with_other=False, vf_model=self.vf_model)
 
     def prepare(self, g: BenchGuest) -> None:
         rp = g.lab.root_port_address("p1")
@@ -194,8 +204,79 @@ class BondSetup(Setup):
         return t
 
 
+class GuestfailTeamSetup(GuestfailSetup):
+    """guestfail's team backend: teamd is driven over the system bus."""
+
+    key = "guestfail-team"
+
+    def prepare(self, g: BenchGuest) -> None:
+        g.start_system_bus()
+        g.lab.write_file("/etc/guestfail/guestfail.toml", '[agent]\nbackend = "team"\n')
+        self.master = g.setup_standby()
+        self.agent = g.start_agent(dbus=True)
+
+    def plug(self, g: BenchGuest, first: bool) -> int:
+        g.lab.plug("vf0")
+        t = now_ns()
+        g.wait_team_active(self.master, f"{self.master}npf")
+        return t
+
+
+def teamd_config(master: str, mac: str, ports: dict[str, int]) -> str:
+    """A careful admin's teamd for a VF and its standby: the VF preferred
+    (prio), switches announced at once (notify_peers, mcast_rejoin)."""
+    return json.dumps(
+        {
+            "device": master,
+            "hwaddr": mac,
+            "runner": {"name": "activebackup", "hwaddr_policy": "same_all"},
+            "link_watch": {"name": "ethtool"},
+            "notify_peers": {"count": 1, "interval": 0},
+            "mcast_rejoin": {"count": 1, "interval": 0},
+            "ports": {p: {"prio": prio} for p, prio in ports.items()},
+        }
+    )
+
+
+class TeamdSetup(Setup):
+    """teamd alone, no agent: made by hand, a re-plugged VF added by hand."""
+
+    key = "teamd"
+
+    def prepare(self, g: BenchGuest) -> None:
+        self.standby = g.setup_standby()
+        self.master = "team0"
+
+    def plug(self, g: BenchGuest, first: bool) -> int:
+        vf = g.lab.plug("vf0")
+        t = now_ns()
+        if first:
+            g.lab.run("ip", "link", "set", self.standby, "down")
+            g.lab.run("ip", "link", "set", vf, "down")
+            config = teamd_config(self.master, topology.SBY_MAC, {self.standby: 0, vf: 100})
+            g.lab.run("teamd", "-d", "-t", self.master, "-c", config)
+            batch = [
+                f"addr flush dev {self.standby}",
+                f"addr add {GUEST_IP}/24 dev {self.master}",
+                f"link set {self.master} up",
+            ]
+            g.lab.run("ip", "-batch", "-", input="\n".join(batch) + "\n")
+        else:  # what a hotplug script does with a returning VF
+            g.lab.run("ip", "link", "set", vf, "down")
+            g.lab.run("teamdctl", self.master, "port", "add", vf)
+            g.lab.run("teamdctl", self.master, "port", "config", "update", vf, '{"prio": 100}')
+        return t
+
+
 def make_setup(key: str) -> Setup:
-    return {"kernel": KernelSetup, "guestfail": GuestfailSetup, "bond": BondSetup}[key]()
+    setups: dict[str, type[Setup]] = {
+        "kernel": KernelSetup,
+        "guestfail": GuestfailSetup,
+        "bond": BondSetup,
+        "teamd": TeamdSetup,
+        "guestfail-team": GuestfailTeamSetup,
+    }
+    return setups[key]()
 
 
 # ------------------------------------------------------------------ one guest
@@ -446,6 +527,7 @@ def _calibrate(g: BenchGuest, p: Params) -> None:
 
 def one_guest(key: str, rep: int, p: Params) -> list[dict[str, Any]]:
     setup = make_setup(key)
+    setup.vf_model = p.vf_model
     out: list[dict[str, Any]] = []
     with BenchGuest.boot(setup.topology(), f"bench-fo-{key}") as g:
         t_boot = g.lab.boot_seconds
@@ -485,6 +567,7 @@ def run(p: Params) -> dict[str, Any]:
             "steer_s": STEER_S,
             "window_s": WINDOW_S,
             "setups": list(p.setups),
+            "vf_model": p.vf_model,
             "fresh_guest_per_repetition": True,
         },
         "runs": results,
@@ -547,12 +630,13 @@ def render(res: dict[str, Any]) -> str:
     for rate, per_rate in res["summary"].items():
         n = params["reps"]
         note = f"median [min-max] over {n} repetitions" if n > 1 else "1 repetition"
+        note += f"; VF stand-in {params.get('vf_model', 'e1000')}"
 
         def cells(row: str, metric: str, digits: int = 0, _pr: dict[str, Any] = per_rate) -> list[str]:
             out = []
             for k in setups:
                 cell = _pr.get(row, {}).get(k, {})
-                if row == "planned" and k != "guestfail":
+                if row == "planned" and not make_setup(k).has_planned_removal:
                     out.append("n/a")
                 else:
                     mark = "*" if metric in ("lost", "gap_ms") and cell.get("not_recovered") else ""

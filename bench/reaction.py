@@ -1,12 +1,21 @@
-"""`python -m bench reaction`: guestfail's own reaction time, from the
-arrival of a link event in the daemon to the kernel's confirmation of the
-new active member, over many link flaps.
+"""`python -m bench reaction`: how fast each setup moves the traffic when
+the VF's link goes and comes back, over many flaps, in one run:
 
-The flaps are administrative (`ip link set <vf> down/up` in the guest): the
-carrier goes at once, without the e1000's ~1.5 s of link detection, so what
-is measured is the daemon and the kernel, not the emulated NIC.  The figures
-are the daemon's own records: every switch is logged as
-"<master>: active A -> B (reason, by guestfail|kernel in N ms)".
+* guestfail (bond), guestfail (team), teamd alone (activebackup, ethtool
+  link watch, as a careful admin configures it) and the kernel's bond alone
+  (miimon=100), each in a guest of its own (the setups of `bench failover`);
+* the flaps are QEMU's set_link on the VF (vmxnet3: the guest's driver sees
+  the link change at once); the peer streams ICMP echo at 1000 packets/s, and
+  a flap's reaction is the time from set_link to the first reply that comes
+  back over the other path (host clock only, the same yardstick for every
+  setup);
+* for guestfail, also its own records (every switch is logged as
+  "<master>: active A -> B (reason, by guestfail|kernel in N ms)": link
+  event in the daemon -> the kernel confirmed the new active member), and
+  who made each switch.
+
+`measure()` (the daemon's records against `ip monitor`, admin flaps) is what
+the shared footprint+reaction+soak run uses.
 """
 
 from __future__ import annotations
@@ -15,12 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from bench import failover
 from bench.common import (
     Agent,
     BenchGuest,
     SwitchLine,
     carrier_to_active,
     fmt_num,
+    now_ns,
     parse_monitor,
     parse_switches,
     percentile,
@@ -29,10 +40,14 @@ from bench.common import (
 )
 from lab import topology
 
+SETUPS = ("guestfail", "guestfail-team", "teamd", "bond")
+
 
 @dataclass
 class Params:
     flaps: int = 250
+    setups: tuple[str, ...] = SETUPS
+    rate: float = 1000.0
 
 
 def paired(g: BenchGuest, dbus: bool = False, verbose: int = 1) -> tuple[Agent, str]:
@@ -125,12 +140,82 @@ def measure(g: BenchGuest, agent: Agent, master: str, p: Params) -> dict[str, An
 
 
 def run(p: Params) -> dict[str, Any]:
+    """Every setup, one guest each, the same flaps."""
+    out: dict[str, Any] = {"flaps": p.flaps, "rate": p.rate, "setups": {}}
+    for key in p.setups:
+        say(f"reaction: {key} ({failover.TITLES[key]}), {p.flaps} flaps")
+        try:
+            out["setups"][key] = one_setup(key, p)
+        except Exception as e:
+            say(f"reaction: {key} failed: {e}")
+            out["setups"][key] = {"error": str(e)}
+    return out
+
+
+def one_setup(key: str, p: Params) -> dict[str, Any]:
+    setup = failover.make_setup(key)
+    with BenchGuest.boot(setup.topology(), f"bench-re-{key}") as g:
+        setup.prepare(g)
+        setup.plug(g, first=True)
+        agent: Optional[Agent] = getattr(setup, "agent", None)
+        if agent is not None:
+            g.mark_log(agent)
+        stream = g.start_stream(p.rate)
+        flaps: list[tuple[int, int, bool, bool]] = []
+        t0 = time.monotonic()
+        try:
+            if not g.wait_replies("vf0", 50, timeout=60):
+                raise RuntimeError(f"no steady state over the VF: {g.lab.peer.summary()}")
+            for i in range(1, p.flaps + 1):
+                t_down = now_ns()
+                g.lab.set_link("vf0", up=False)
+                moved = g.wait_replies("sb0", 5, timeout=30)
+                t_up = now_ns()
+                g.lab.set_link("vf0", up=True)
+                back = g.wait_replies("vf0", 5, timeout=30)
+                flaps.append((t_down, t_up, moved, back))
+                if i % 25 == 0 or i == p.flaps:
+                    say(f"reaction: {key}: {i}/{p.flaps} ({(time.monotonic() - t0) / i:.2f} s per flap)")
+        finally:
+            report = g.stop_stream(stream)
+        ends = [t for t, *_ in flaps[1:]] + [now_ns()]
+        down, up, lost = [], [], []
+        for (t_down, t_up, _m, _b), t_next in zip(flaps, ends):
+            first_sb = report.window(t_down, t_up).first_reply_on_path_ns.get("sb0")
+            first_vf = report.window(t_up, t_next).first_reply_on_path_ns.get("vf0")
+            if first_sb is not None:
+                down.append((first_sb - t_down) / 1e6)
+            if first_vf is not None:
+                up.append((first_vf - t_up) / 1e6)
+            lost.append(float(report.window(t_down, t_next).lost))
+        res: dict[str, Any] = {
+            "to_standby": latency_stats(down),
+            "to_vf": latency_stats(up),
+            "lost_per_flap": latency_stats(lost),
+            "not_moved": sum(1 for f in flaps if not f[2]),
+            "not_back": sum(1 for f in flaps if not f[3]),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        if agent is not None:
+            nsby, npf = f"{setup.master}nsby", f"{setup.master}npf"
+            lines = [s for s in parse_switches(g.new_log(agent)) if s.master == setup.master]
+            res["records"] = {
+                "to_standby": record_stats([s for s in lines if s.to == nsby]),
+                "to_vf": record_stats([s for s in lines if s.to == npf]),
+            }
+        return res
+
+
+def run_one(p: Params) -> dict[str, Any]:
+    """guestfail alone, its records against the kernel's messages (admin flaps)."""
     with BenchGuest.boot(topology.basic(with_other=False), "bench-reaction") as g:
         agent, master = paired(g, dbus=True)  # as the package runs it
         return measure(g, agent, master, p)
 
 
 def render(res: dict[str, Any]) -> str:
+    if "setups" in res:
+        return render_compare(res)
     rows = []
     for key, label in (("to_standby", "VF down -> standby active"), ("to_vf", "VF up -> VF active")):
         k = res["kernel"][key]
@@ -161,6 +246,34 @@ def render(res: dict[str, Any]) -> str:
         f"in {res['seconds']:.0f} s (TCG guest)"
     )
     return table(["switch", "count", "p50 ms", "p99 ms", "max ms", "made by"], rows, title)
+
+
+def render_compare(res: dict[str, Any]) -> str:
+    rows = []
+    for key, r in res["setups"].items():
+        title = failover.TITLES[key]
+        if "error" in r:
+            rows.append([title, "failed", "", "", "", r["error"][:60]])
+            continue
+        for what, label in (("to_standby", "set_link down -> first reply over the standby"),
+                            ("to_vf", "set_link up -> first reply over the VF")):  # fmt: skip
+            st = r[what]
+            note = ""
+            if "records" in r:
+                rec = r["records"][what]
+                by = ", ".join(f"{b} {n}" for b, n in sorted(rec["by"].items()))
+                note = f"daemon's records p50 {fmt_ms(rec['p50_ms'])} p99 {fmt_ms(rec['p99_ms'])} ms; {by}"
+            rows.append([f"{title}: {label}", str(st["count"]), fmt_ms(st["p50_ms"]), fmt_ms(st["p99_ms"]),
+                         fmt_ms(st["max_ms"]), note])  # fmt: skip
+        lost = r["lost_per_flap"]
+        rows.append([f"{title}: packets lost per flap", str(lost["count"]), fmt_num(lost["p50_ms"]),
+                     fmt_num(lost["p99_ms"]), fmt_num(lost["max_ms"]),
+                     f"{r['not_moved']} flaps not moved, {r['not_back']} not back"])  # fmt: skip
+    title = (
+        f"reaction: QEMU set_link on the VF -> traffic on the other path, {res['flaps']} flaps per setup, "
+        f"{res['rate']:g} packets/s (TCG guests)"
+    )
+    return table(["setup", "count", "p50 ms", "p99 ms", "max ms", ""], rows, title)
 
 
 def fmt_ms(v: Optional[float]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import compileall
 import contextlib
 import glob
 import itertools
@@ -58,6 +59,15 @@ _LIVE: weakref.WeakSet[Lab] = weakref.WeakSet()
 def _close_all() -> None:
     for lab in list(_LIVE):
         lab.close()
+
+
+def compile_checkout() -> None:
+    """Byte-compile this checkout's packages before a guest runs them: the
+    guest sees them read-only over 9p and cannot write its own .pyc, so
+    without this every start in the guest compiles every module again
+    (measured: `import guestfail.agent.daemon` took 12-26 s in a TCG guest)."""
+    for pkg in ("guestfail", "lab"):
+        compileall.compile_dir(str(REPO / pkg), quiet=1)
 
 
 class LabError(RuntimeError):
@@ -181,6 +191,7 @@ class Lab:
     # ------------------------------------------------------------ boot
 
     def start(self) -> Lab:
+        compile_checkout()
         try:
             self._loop.call(self._start(), timeout=self.boot_timeout + 30)
         except BaseException:

@@ -92,7 +92,9 @@ class Reconciler:
         for n in range(1, MAX_PASSES + 1):
             snap = self.observe()
             result = match(self.cfg, snap)
-            out = Outcome(snap, result, errors=dict(out.errors), steps=out.steps, passes=n)
+            out = Outcome(
+                snap, result, errors=dict(out.errors), steps=out.steps, passes=n, renamed=out.renamed
+            )
             self._masters(out)
             if observed is not None:
                 # a copy: this run goes on changing its own
@@ -161,7 +163,9 @@ class Reconciler:
                 done -= len(plan.steps)  # do not loop on a hard failure
             else:
                 out.errors.pop(pairing.key, None)
-        done += self._undo_leaked(snap, live, entries)
+                if any(isinstance(st, Rename) and st.link == spec.standby for st in plan.steps):
+                    out.renamed.add(spec.orig_name)
+        done += self._undo_leaked(snap, live, entries, out.renamed)
         return done
 
     _last_error = ""
@@ -235,7 +239,9 @@ class Reconciler:
             renamed=tuple(dict.fromkeys((*base.renamed, *primary_renamed))),
         )
 
-    def _undo_leaked(self, snap: Snapshot, live: set[str], entries: dict[str, Entry]) -> int:
+    def _undo_leaked(
+        self, snap: Snapshot, live: set[str], entries: dict[str, Entry], renamed: set[str]
+    ) -> int:
         """Masters that serve no pair are released like `guestfail release`
         does; a release that died after deleting its master is finished."""
         done = 0
@@ -252,6 +258,8 @@ class Reconciler:
             done += len(steps)
             try:
                 self.executor.run_steps(master.name, steps, snap.links)
+                if entry is not None:
+                    renamed.add(entry.standby_name)
             except GuestfailError as e:
                 log.error("could not release %s: %s", master.name, e)
                 done -= len(steps)

@@ -310,8 +310,10 @@ class Switcher:
                     f.go(State.STEADY, str(failure))
                     self.reconcile(f"switch failed: {failure}")
                 return
-            if not f.dirty and rec.active == target:
-                f.go(State.STEADY, "switched")
+            if not f.dirty:
+                # done; if the kernel kept another member without refusing,
+                # its own report is the next event (no request loop)
+                f.go(State.STEADY, "switched" if rec.active == target else "the kernel kept another member")
                 return
             # another event came while the request was out: decide again
             d = decide(rec.facts())
@@ -441,9 +443,12 @@ class Switcher:
             self._announce_later(rec)
         f.clear()
         rec.decision = decide(rec.facts())
+        if f.dirty:  # something happened while the drain was out
+            f.dirty = False
+            self.evaluate(rec, now_ns(), f"after {why}")
         if expires > 0:
-            why = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
-            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, why)
+            late = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
+            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, late)
 
     def undrain(self, rec: PairRecord, why: str, quiet: bool = False) -> None:
         """The pair goes back to its primary (the daemon hears of it, unless

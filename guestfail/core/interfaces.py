@@ -68,6 +68,10 @@ class Outcome:
     passes: int = 0
     verified: bool = False
     final: bool = False  # the whole run is over (not one pass's observation)
+    # names that moved in this run: a standby's name its master took, or a
+    # name a released standby got back (what a network configuration that
+    # names the link must now follow)
+    renamed: set[str] = field(default_factory=set)
 
 
 class Integration(Protocol):

@@ -149,6 +149,26 @@ def _delete(ipr: Any, msg_type: int) -> Any:
 PYROUTE2_06 = pyroute2_06()
 
 
+def _ignoring(codes: set[int], call: Callable[[], object]) -> None:
+    """call(), where the kernel answering one of `codes` means "already so"."""
+    try:
+        call()
+    except NetlinkFailure as e:
+        if e.code not in codes:
+            raise
+
+
+def _address_keys(ifindex: int, a: Address) -> dict[str, Any]:
+    """What names an address in a request (IPv4: local and peer)."""
+    kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
+    if a.family == socket.AF_INET:
+        kw["local"] = a.address
+        kw["address"] = a.peer or a.address
+    else:
+        kw["address"] = a.address
+    return kw
+
+
 class Netlink:
     """Synchronous rtnetlink requests.  Not thread-safe: one thread uses it."""
 
@@ -332,16 +352,12 @@ class Netlink:
     def add_address(self, ifindex: int, name: str, a: Address) -> None:
         """Put `a` on the link as it was: flags, lifetimes, broadcast, peer,
         label.  Already there: no error."""
-        kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
+        kw = _address_keys(ifindex, a)
         if a.family == socket.AF_INET:
-            kw["local"] = a.address
-            kw["address"] = a.peer or a.address
             if a.broadcast:
                 kw["broadcast"] = a.broadcast
             if a.label:
                 kw["label"] = a.label
-        else:
-            kw["address"] = a.address
         # IFA_F_* bits a request may carry (the rest are the kernel's state:
         # tentative, deprecated, dadfailed...)
         request_flags = a.flags & ADDRESS_FLAGS_SETTABLE
@@ -356,27 +372,16 @@ class Netlink:
             kw["valid"] = valid
             if not _pyroute2_06(self.ipr):  # 0.6 reads these keys; this dict beside them is EINVAL there
                 kw["cacheinfo"] = {"preferred": pref, "valid": valid, "cstamp": 0, "tstamp": 0}
-        try:
-            self._do(f"add {a.address}/{a.prefixlen} to {name}", lambda: self.ipr.addr("add", **kw))
-        except NetlinkFailure as e:
-            if e.code != errno.EEXIST:
-                raise
+        what = f"add {a.address}/{a.prefixlen} to {name}"
+        _ignoring({errno.EEXIST}, lambda: self._do(what, lambda: self.ipr.addr("add", **kw)))
 
     def del_address(self, ifindex: int, name: str, a: Address) -> None:
-        kw: dict[str, Any] = {"index": ifindex, "family": a.family, "prefixlen": a.prefixlen}
-        if a.family == socket.AF_INET:
-            kw["local"] = a.address
-            kw["address"] = a.peer or a.address
-        else:
-            kw["address"] = a.address
-        try:
-            self._do(
-                f"remove {a.address}/{a.prefixlen} from {name}",
-                lambda: self.ipr.addr(_delete(self.ipr, RTM_DELADDR), **kw),
-            )
-        except NetlinkFailure as e:
-            if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH):
-                raise
+        kw = _address_keys(ifindex, a)
+        what = f"remove {a.address}/{a.prefixlen} from {name}"
+        _ignoring(
+            {errno.EADDRNOTAVAIL, errno.ENODEV, errno.ESRCH},
+            lambda: self._do(what, lambda: self.ipr.addr(_delete(self.ipr, RTM_DELADDR), **kw)),
+        )
 
     def del_route(self, oif: int, name: str, r: Route) -> None:
         """Remove `r` as it goes out of `oif`; already gone: no error."""
@@ -389,14 +394,11 @@ class Netlink:
             kw["oif"] = oif
             if r.gateway:
                 kw["gateway"] = r.gateway
-        try:
-            self._do(
-                f"remove route {r.dst or 'default'} via {name}",
-                lambda: self.ipr.route(_delete(self.ipr, RTM_DELROUTE), **kw),
-            )
-        except NetlinkFailure as e:
-            if e.code not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
-                raise
+        what = f"remove route {r.dst or 'default'} via {name}"
+        _ignoring(
+            {errno.ESRCH, errno.ENODEV, errno.ENOENT},
+            lambda: self._do(what, lambda: self.ipr.route(_delete(self.ipr, RTM_DELROUTE), **kw)),
+        )
 
     def add_route(self, oif: int, name: str, r: Route) -> None:
         """Add `r` out of `oif` (a multipath route keeps its own paths: the
@@ -438,8 +440,5 @@ class Netlink:
         # a multipath route that lost a path (the standby went down) is still
         # there with the other paths: replace it with all of them
         command = "replace" if r.nexthops else "add"
-        try:
-            self._do(f"add route {r.dst or 'default'} via {name}", lambda: self.ipr.route(command, **kw))
-        except NetlinkFailure as e:
-            if e.code != errno.EEXIST:
-                raise
+        what = f"add route {r.dst or 'default'} via {name}"
+        _ignoring({errno.EEXIST}, lambda: self._do(what, lambda: self.ipr.route(command, **kw)))

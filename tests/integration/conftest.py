@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,16 @@ def repo() -> Path:
 def guestfail_cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     """The CLI from this tree, with the interpreter running the tests."""
     return run([sys.executable, "-m", "guestfail", *args], cwd=REPO, **kw)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of the test's own, deleted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace")
+    name = f"gf-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

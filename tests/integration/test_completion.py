@@ -7,13 +7,9 @@ script parses and uses only the arrays it defines."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,18 +67,6 @@ def test_config_completes_file_names(scripts: Path, tmp_path: Path) -> None:
     (tmp_path / "other.toml").write_text("")
     got = complete(scripts, f"guestfail --config {tmp_path}/gu")
     assert got == [f"{tmp_path}/guestfail.toml"]
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a network namespace")
-    name = f"gf-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_pairs_complete_to_guestfails_masters(scripts: Path, netns: str) -> None:

@@ -12,8 +12,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -57,18 +55,6 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    name = f"gf-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def veth(nl: Netlink, a: str, b: str) -> tuple[int, int]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,18 +70,6 @@ def test_commands_for_the_daemon_say_what_is_missing(config: Path) -> None:
     assert r.stderr.strip() == (
         "guestfail: Switch needs the daemon over D-Bus, and no D-Bus library is installed"
     )
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a network namespace")
-    name = f"gf-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_the_daemon_runs_with_the_bond_backend(config: Path, netns: str, tmp_path: Path) -> None:

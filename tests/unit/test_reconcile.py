@@ -335,3 +335,15 @@ def test_release_of_a_name_that_is_no_master_changes_nothing(tmp_path: Path) -> 
     with pytest.raises(NotFound, match="no master guestfail built is called 'ens11nsby'"):
         release(w.cfg, w.k, Sysfs(tmp_path / "sys"), ["ens11", "ens11nsby"])
     assert w.k.requests == before
+
+
+def test_the_outcome_says_which_names_moved(tmp_path: Path) -> None:
+    """What the integrations that follow a link by its name hear about: the
+    standby's name taken by its master, then given back."""
+    w = World(tmp_path)
+    w.configured_standby()
+    w.vf()
+    assert w.run().renamed == {"ens11"}
+    assert w.run().renamed == set()
+    ignoring = parse(f'[agent]\nstate_dir = "{w.state}"\nignore = ["ens11"]\n')
+    assert w.run(ignoring).renamed == {"ens11"}

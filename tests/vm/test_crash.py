@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from lab import topology
 
 from .helpers import PEER_IP, Guest, replies_on, stream_start, stream_stop
@@ -68,6 +70,7 @@ def fault(n: int) -> dict[str, str]:
     return {"GUESTFAIL_FAULT": f"kill-after-steps={n}"}
 
 
+@pytest.mark.timeout(3600)  # about 50 starts of Python in a TCG guest
 def test_killed_at_every_step_of_pairing_and_release_loses_nothing(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic(vf_at_boot=True, with_other=False))
     sby = configure_standby(g)
