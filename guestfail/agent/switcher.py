@@ -447,8 +447,8 @@ class Switcher:
             f.dirty = False
             self.evaluate(rec, now_ns(), f"after {why}")
         if expires > 0:
-            late = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
-            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, late)
+            not_removed = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
+            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, not_removed)
 
     def undrain(self, rec: PairRecord, why: str, quiet: bool = False) -> None:
         """The pair goes back to its primary (the daemon hears of it, unless
