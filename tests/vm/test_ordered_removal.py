@@ -47,6 +47,7 @@ def removal_loses_nothing(g: Guest, master: str, port: str, slot: int, rate: flo
     assert window.sent > rate * 4, f"the window is the 5 s pciehp waits: {window.sent} sent in {took:.1f} s"
     assert window.lost == 0, f"{rate:g} pps: lost (ms after device_del, path): {lost}"
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == nsby
+    g.lab.wait_file(STATE, contains='"primary": null')  # the daemon saw the VF go
     (pair,) = state(g)["pairs"]
     moved = [s for s in pair["history"] if s["reason"] == f"attention button on slot {slot}"]
     assert moved and (moved[-1]["from"], moved[-1]["to"], moved[-1]["by"]) == (npf, nsby, "guestfail")

@@ -66,6 +66,7 @@ def test_pairs_behind_one_bridge_refuses_three_and_takes_a_vf_plugged_into_it(bo
     m = g.link(master)
     assert m["address"] == SBY_MAC and m["linkinfo"]["info_data"]["fail_over_mac"] == "active"
     assert g.udev(npf).get("NM_UNMANAGED") == "1"
+    g.lab.wait_file(STATE, contains='"rule": "topology"')
     (pair,) = state(g)["pairs"]
     assert (pair["rule"], pair["mac"], pair["primary"], pair["slot"]) == ("topology", "set", npf, "33")
     assert "behind bridge" in pair["reason"] and f"({SWITCH_ID})" in pair["reason"]
