@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(reaction.SETUPS),
         help=f"reaction: which setups (default {','.join(reaction.SETUPS)})",
     )
+    g.add_argument(
+        "--profile",
+        action="store_true",
+        help="reaction: py-spy records each agent during the flaps; the busiest functions follow the table",
+    )
     g.add_argument("--cycles", type=int, help="soak: unplug/replug cycles (default 200; --quick 3)")
     g.add_argument("--soak-flaps", type=int, help="soak: link flaps (default 500; --quick 5)")
     g.add_argument("--kills", type=int, help="soak: SIGKILLs of the agent (default 20; --quick 2)")
@@ -136,7 +141,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if s not in failover.SETUPS:
             raise SystemExit(f"bench: unknown setup {s!r} (known: {', '.join(failover.SETUPS)})")
     re_p = reaction.Params(
-        flaps=pick(args.flaps, 250, 10, q), setups=tuple(x for x in args.reaction_setups.split(",") if x)
+        flaps=pick(args.flaps, 250, 10, q),
+        setups=tuple(x for x in args.reaction_setups.split(",") if x),
+        profile=args.profile,
     )
     for s in re_p.setups:
         if s not in reaction.SETUPS:

@@ -34,7 +34,8 @@ STATE_JSON = "/run/guestfail/state.json"
 # "<master>: active A -> B (reason, by guestfail|kernel in N ms)", as guestfail.agent.switcher logs it
 SWITCH_RE = re.compile(
     r"(?P<master>\S+): active (?P<frm>\S+) -> (?P<to>\S+) "
-    r"\((?P<reason>.*), by (?P<by>guestfail|kernel)(?: in (?P<ms>[0-9.]+) ms)?\)\s*$"
+    r"\((?P<reason>.*), by (?P<by>guestfail|kernel)(?: in (?P<ms>[0-9.]+) ms)?"
+    r"(?:, request sent at (?P<sent>[0-9.]+) ms)?\)\s*$"
 )
 
 
@@ -165,6 +166,7 @@ class SwitchLine:
     reason: str
     by: str
     ms: Optional[float]
+    sent_ms: Optional[float] = None  # event -> guestfail's request out (its own share)
 
 
 def parse_switches(text: str) -> list[SwitchLine]:
@@ -172,7 +174,7 @@ def parse_switches(text: str) -> list[SwitchLine]:
     for raw in text.splitlines():
         m = SWITCH_RE.search(raw)
         if m:
-            ms = m.group("ms")
+            ms, sent = m.group("ms"), m.group("sent")
             out.append(
                 SwitchLine(
                     m.group("master"),
@@ -181,6 +183,7 @@ def parse_switches(text: str) -> list[SwitchLine]:
                     m.group("reason"),
                     m.group("by"),
                     float(ms) if ms is not None else None,
+                    float(sent) if sent is not None else None,
                 )
             )
     return out

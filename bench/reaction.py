@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from bench import failover
+from bench import failover, profile
 from bench.common import (
     Agent,
     BenchGuest,
@@ -48,6 +48,7 @@ class Params:
     flaps: int = 250
     setups: tuple[str, ...] = SETUPS
     rate: float = 1000.0
+    profile: bool = False  # py-spy on the daemon during the flaps
 
 
 def paired(g: BenchGuest, dbus: bool = False, verbose: int = 1) -> tuple[Agent, str]:
@@ -102,6 +103,8 @@ def record_stats(lines: list[SwitchLine]) -> dict[str, Any]:
         by[s.by] = by.get(s.by, 0) + 1
     out = latency_stats([s.ms for s in valid if s.ms is not None])
     out.update({"records": len(lines), "without_event_time": len(lines) - len(valid), "by": by})
+    # guestfail's own share: the event's arrival to its request going out
+    out["request"] = latency_stats([s.sent_ms for s in valid if s.sent_ms is not None])
     return out
 
 
@@ -161,6 +164,7 @@ def one_setup(key: str, p: Params) -> dict[str, Any]:
         if agent is not None:
             g.mark_log(agent)
         stream = g.start_stream(p.rate)
+        spied = profile.start(g, agent.pid) if p.profile and agent is not None else None
         flaps: list[tuple[int, int, bool, bool]] = []
         t0 = time.monotonic()
         try:
@@ -178,6 +182,7 @@ def one_setup(key: str, p: Params) -> dict[str, Any]:
                     say(f"reaction: {key}: {i}/{p.flaps} ({(time.monotonic() - t0) / i:.2f} s per flap)")
         finally:
             report = g.stop_stream(stream)
+            prof = profile.stop(g, spied)
         ends = [t for t, *_ in flaps[1:]] + [now_ns()]
         down, up, lost = [], [], []
         for (t_down, t_up, _m, _b), t_next in zip(flaps, ends):
@@ -196,6 +201,8 @@ def one_setup(key: str, p: Params) -> dict[str, Any]:
             "not_back": sum(1 for f in flaps if not f[3]),
             "seconds": round(time.monotonic() - t0, 1),
         }
+        if prof:
+            res["profile"] = prof
         if agent is not None:
             nsby, npf = f"{setup.master}nsby", f"{setup.master}npf"
             lines = [s for s in parse_switches(g.new_log(agent)) if s.master == setup.master]
@@ -241,6 +248,17 @@ def render(res: dict[str, Any]) -> str:
                 f"{by}; {r['without_event_time']} without event time",
             ]
         )
+        req = r.get("request") or {}
+        rows.append(
+            [
+                f"{label}: event -> guestfail's request out",
+                str(req.get("count", 0)),
+                fmt_ms(req.get("p50_ms")),
+                fmt_ms(req.get("p99_ms")),
+                fmt_ms(req.get("max_ms")),
+                "the daemon's own share (its records)",
+            ]
+        )
     title = (
         f"reaction: link event -> switch confirmed by the kernel, {res['flaps']} admin flaps "
         f"in {res['seconds']:.0f} s (TCG guest)"
@@ -263,6 +281,9 @@ def render_compare(res: dict[str, Any]) -> str:
                 rec = r["records"][what]
                 by = ", ".join(f"{b} {n}" for b, n in sorted(rec["by"].items()))
                 note = f"daemon's records p50 {fmt_ms(rec['p50_ms'])} p99 {fmt_ms(rec['p99_ms'])} ms; {by}"
+                req = rec.get("request") or {}
+                if req.get("count"):
+                    note += f"; request out p50 {fmt_ms(req['p50_ms'])} p99 {fmt_ms(req['p99_ms'])} ms"
             rows.append([f"{title}: {label}", str(st["count"]), fmt_ms(st["p50_ms"]), fmt_ms(st["p99_ms"]),
                          fmt_ms(st["max_ms"]), note])  # fmt: skip
         lost = r["lost_per_flap"]
@@ -273,7 +294,11 @@ def render_compare(res: dict[str, Any]) -> str:
         f"reaction: QEMU set_link on the VF -> traffic on the other path, {res['flaps']} flaps per setup, "
         f"{res['rate']:g} packets/s (TCG guests)"
     )
-    return table(["setup", "count", "p50 ms", "p99 ms", "max ms", ""], rows, title)
+    out = table(["setup", "count", "p50 ms", "p99 ms", "max ms", ""], rows, title)
+    for key, r in res["setups"].items():
+        if r.get("profile"):
+            out += "\n" + profile.render(r["profile"], f"py-spy on {failover.TITLES[key]} during the flaps")
+    return out
 
 
 def fmt_ms(v: Optional[float]) -> str:

@@ -156,8 +156,17 @@ class _Control:
 
 
 class Lab:
-    def __init__(self, topology: Topology, *, name: str = "lab", boot_timeout: float = BOOT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        name: str = "lab",
+        boot_timeout: float = BOOT_TIMEOUT,
+        qemu_bin: str = "",
+    ) -> None:
         topology.validate()
+        # another QEMU than this machine's (lab.qemu10's wrapper: QEMU 10 for igb)
+        self.qemu_bin = qemu_bin
         self.topo = topology
         self.boot_timeout = boot_timeout
         _LIVE.add(self)
@@ -236,6 +245,8 @@ class Lab:
         ]
         if accel() != "kvm":
             cmd.append("--disable-kvm")
+        if self.qemu_bin:
+            cmd += ["--qemu-bin", self.qemu_bin]
         # virtme-run takes everything after --qemu-opts as QEMU arguments.
         return [*cmd, "--qemu-opts", *extra]
 

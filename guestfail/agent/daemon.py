@@ -22,14 +22,16 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
 from guestfail.agent.buttons import AttentionButtons
+from guestfail.agent.flight import State
 from guestfail.agent.reconciler import Reconciler, Scheduler
-from guestfail.agent.switcher import State, Switcher, now_ns
+from guestfail.agent.switcher import Switcher, now_ns
 from guestfail.backends.bond import BondBackend
 from guestfail.core import config as config_mod
 from guestfail.core.config import Config
@@ -96,6 +98,7 @@ class Daemon:
         self.resyncs = 0
         self._stop = asyncio.Event()
         self._refusals: set[tuple[tuple[str, ...], str]] = set()  # announced on D-Bus already
+        self._event_ns: dict[int, int] = {}  # ifindex -> when its last link event was read
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._teamd: Optional[PidWatch] = None  # each team master's teamd
         self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
@@ -106,6 +109,8 @@ class Daemon:
         self._slow_nl = rtnl()
         self._fast_backend = make_backend(cfg, self._fast_nl, self.sysfs, self.state_dir)
         self._slow_backend = make_backend(cfg, self._slow_nl, self.sysfs, self.state_dir)
+        # a pair's plan and steps, and a drain's requests, one at a time
+        pair_lock = threading.Lock()
         self.switcher = Switcher(
             self._fast_nl,
             self._fast_backend,
@@ -114,6 +119,7 @@ class Daemon:
             reconcile=self.request_reconcile,
             announce_enabled=lambda: self.cfg.announce,
             retry_delay=lambda: max(self.cfg.bond.miimon, 50) / 1000 * 1.5,
+            pair_lock=pair_lock,
         )
         # ordered removal: the attention button, seen in the kernel's log
         self.buttons = AttentionButtons(self.switcher, self.pairs.values, self.request_reconcile)
@@ -147,11 +153,14 @@ class Daemon:
             self.state_dir,
             udev=udev_info if use_udev else None,
             integrations=tuple(integrations),
+            pair_lock=pair_lock,
         )
         self.reconciling = Scheduler(
             self.reconciler,
             apply=self._apply_outcome,
-            drained=lambda: {k for k, r in self.pairs.items() if r.drained},
+            # asked from the reconciliation's thread: a copy of the items
+            # (made under the GIL) while the loop may add pairs
+            drained=lambda: frozenset(k for k, r in list(self.pairs.items()) if r.drained),
             retrying=self._write_state,
         )
 
@@ -191,6 +200,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        # node_exporter: guestfail_up 0 from now on (the pairs stay as they are)
+        self.metrics.write(self.cfg.metrics.textfile, self.status(), up=False)
         self.reconciling.close()
         if self._monitor is not None:
             loop.remove_reader(self._monitor.fileno())
@@ -292,6 +303,10 @@ class Daemon:
 
     def on_link_event(self, ev: LinkEvent) -> None:
         link = ev.link
+        if ev.deleted:
+            self._event_ns.pop(link.ifindex, None)
+        else:
+            self._event_ns[link.ifindex] = ev.t_ns
         rec = self.by_member.get(link.ifindex)
         if rec is None:
             if ev.deleted:
@@ -301,6 +316,8 @@ class Daemon:
             self.request_reconcile(f"{link.name} {'deleted' if ev.deleted else 'left ' + rec.master_name}")
 
     def _on_switch(self, rec: PairRecord, sw: Switch) -> None:
+        if rec.master is not None:  # its active member is known as of now
+            self._event_ns[rec.master] = now_ns()
         self._emit("ActiveChanged", {"pair": rec.master_name, **sw.to_json()})
         self._write_state()
 
@@ -311,6 +328,9 @@ class Daemon:
 
     def _apply_outcome(self, out: Outcome) -> None:
         snap, result = out.snap, out.result
+        # links with an event read after this snapshot was begun: the event
+        # is the newer truth (an older snapshot must not undo it)
+        fresher = frozenset(i for i, t in self._event_ns.items() if t >= out.observed_ns)
         old_keys = set(self.pairs)
         seen = set()
         for p in result.pairings:
@@ -323,11 +343,11 @@ class Daemon:
             if prim is None and rec.primary is not None and rec.drained:
                 self.switcher.drain_over(rec)  # the drained primary is gone: drain complete
             joined = (rec.primary, rec.primary_enslaved)
-            new_primary = rec.observe(p, snap, master)
+            new_primary = rec.observe(p, snap, master, fresher)
             if rec.primary_enslaved and joined != (rec.primary, True):
                 self._emit("Paired", rec.paired_json())  # a primary joined: by which rule, why
             rec.error = out.errors.get(p.key, "")
-            if self.switcher.flight(rec).state == State.STEADY:
+            if self.switcher.flight(rec).state == State.STEADY and rec.master not in fresher:
                 rec.active = out.active.get(p.key)
             if new_primary and prim is not None:
                 self.switcher.primary_appeared(

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -71,6 +74,7 @@ class Reconciler:
         *,
         udev: Optional[UdevReader] = None,
         integrations: tuple[Integration, ...] = (),
+        pair_lock: Optional[threading.Lock] = None,
     ) -> None:
         self.cfg = cfg
         self.nl = nl
@@ -81,19 +85,36 @@ class Reconciler:
         self.integrations = integrations
         self.journal = Journal(state_dir / "journal")
         self.executor = Executor(nl, backend, ingress=cfg.ingress == "unicast")
+        # held while a pair is planned and changed; a drain takes it too
+        self.pair_lock = pair_lock or threading.Lock()
 
     # ------------------------------------------------------------ one run
 
-    def run(self, drained: set[str], observed: Optional[Callable[[Outcome], None]] = None) -> Outcome:
+    def run(
+        self,
+        drained: Callable[[], AbstractSet[str]] = frozenset,
+        observed: Optional[Callable[[Outcome], None]] = None,
+    ) -> Outcome:
+        """Observe, plan and apply until nothing is left to do.  `drained`
+        is asked for each pair as it is planned (a prepare-unplug may come
+        while the run goes on); a drain's requests wait for the pair's
+        plan and steps to be done (`pair_lock`), so the run cannot undo it."""
         self.executor.ingress = self.cfg.ingress == "unicast"
         for i in self.integrations:
             self._guarded(i, "begin", i.begin)
         out = Outcome(Snapshot(), MatchResult())
         for n in range(1, MAX_PASSES + 1):
+            t_observed = time.monotonic_ns()
             snap = self.observe()
             result = match(self.cfg, snap)
             out = Outcome(
-                snap, result, errors=dict(out.errors), steps=out.steps, passes=n, renamed=out.renamed
+                snap,
+                result,
+                errors=dict(out.errors),
+                steps=out.steps,
+                passes=n,
+                renamed=out.renamed,
+                observed_ns=t_observed,
             )
             self._masters(out)
             if observed is not None:
@@ -123,7 +144,7 @@ class Reconciler:
             out.masters[p.key] = master.ifindex if master else None
             out.active[p.key] = self.backend.active(master) if master else None
 
-    def _pass(self, out: Outcome, drained: set[str]) -> int:
+    def _pass(self, out: Outcome, drained: Callable[[], AbstractSet[str]]) -> int:
         """Plan and apply every pair and every leaked master once; returns
         how many steps ran (0: nothing to do, the state is verified)."""
         snap, result = out.snap, out.result
@@ -137,36 +158,49 @@ class Reconciler:
             live.add(pairing.key)
             entry = entries.get(pairing.key)
             known = {pairing.key: entry.standby_name} if entry is not None else None
-            try:
-                spec = spec_for(self.cfg, pairing, snap, known, reserved)
-                reserved.add(spec.master_name)
-                plan = plan_pair(
-                    self.cfg,
-                    spec,
-                    snap,
-                    drained=pairing.key in drained,
-                    entry=entry,
-                    mac_refused=frozenset(self.executor.mac_refused),
-                )
-            except PlanRefused as e:
-                out.errors[pairing.key] = str(e)
-                continue
-            if not plan.steps:
-                if entry is not None and _pair_complete(spec, snap):
-                    log.info("%s: verified; its journal entry is done", spec.master_name)
-                    self.journal.clear(pairing.key)
-                out.errors.pop(pairing.key, None)
-                continue
-            done += len(plan.steps)
-            if not self._apply(pairing, spec, plan, snap, entry):
-                out.errors[pairing.key] = self._last_error
-                done -= len(plan.steps)  # do not loop on a hard failure
-            else:
-                out.errors.pop(pairing.key, None)
-                if any(isinstance(st, Rename) and st.link == spec.standby for st in plan.steps):
-                    out.renamed.add(spec.orig_name)
+            with self.pair_lock:
+                done += self._plan_and_apply(out, pairing, entry, known, reserved, drained)
         done += self._undo_leaked(snap, live, entries, out.renamed)
         return done
+
+    def _plan_and_apply(
+        self,
+        out: Outcome,
+        pairing: Pairing,
+        entry: Optional[Entry],
+        known: Optional[dict[str, str]],
+        reserved: set[str],
+        drained: Callable[[], AbstractSet[str]],
+    ) -> int:
+        """One pair's plan, applied; how many steps ran."""
+        snap = out.snap
+        try:
+            spec = spec_for(self.cfg, pairing, snap, known, reserved)
+            reserved.add(spec.master_name)
+            plan = plan_pair(
+                self.cfg,
+                spec,
+                snap,
+                drained=pairing.key in drained(),
+                entry=entry,
+                mac_refused=frozenset(self.executor.mac_refused),
+            )
+        except PlanRefused as e:
+            out.errors[pairing.key] = str(e)
+            return 0
+        if not plan.steps:
+            if entry is not None and _pair_complete(spec, snap):
+                log.info("%s: verified; its journal entry is done", spec.master_name)
+                self.journal.clear(pairing.key)
+            out.errors.pop(pairing.key, None)
+            return 0
+        if not self._apply(pairing, spec, plan, snap, entry):
+            out.errors[pairing.key] = self._last_error
+            return 0  # do not loop on a hard failure
+        out.errors.pop(pairing.key, None)
+        if any(isinstance(st, Rename) and st.link == spec.standby for st in plan.steps):
+            out.renamed.add(spec.orig_name)
+        return len(plan.steps)
 
     _last_error = ""
 
@@ -335,7 +369,7 @@ class Scheduler:
         self,
         reconciler: Reconciler,
         apply: Callable[[Outcome], None],
-        drained: Callable[[], set[str]],
+        drained: Callable[[], AbstractSet[str]],
         retrying: Callable[[], None],
     ) -> None:
         self.reconciler = reconciler
@@ -387,7 +421,7 @@ class Scheduler:
             whys, self._whys = self._whys, []
             log.debug("reconcile: %s", "; ".join(whys[:5]))
             try:
-                out = await loop.run_in_executor(self._thread, self.reconciler.run, self.drained(), observed)
+                out = await loop.run_in_executor(self._thread, self.reconciler.run, self.drained, observed)
             except Exception:
                 log.exception("reconciliation failed")
                 self._again("reconciliation failed")

@@ -52,10 +52,12 @@ def release(
     masters = [x for x in snap.links.values() if is_ours(x)]
     if names is not None:
         named = {x.name: x for x in masters}
-        missing = [n for n in names if n not in named]
+        # a release of that master that a crash interrupted after deleting it
+        unfinished = {e.master for e in journal.all().values() if e.master and e.master not in named}
+        missing = [n for n in names if n not in named and n not in unfinished]
         if missing:
             raise NotFound(f"no master guestfail built is called {missing[0]!r}")
-        masters = [named[n] for n in names]
+        masters = [named[n] for n in names if n in named]
     done: list[str] = []
     for m in masters:
         _release_one(cfg, nl, sysfs, journal, m, snap)

@@ -10,12 +10,12 @@ record, with each pair's switch in flight as an explicit state machine.
     DRAINING   prepare-unplug's (or the attention button's) request is with
                the kernel
 
-Every change of state goes through `Flight.go()`, which checks it against
+Every change of state goes through `Flight.go()` (guestfail.agent.flight), which checks it against
 TRANSITIONS, logs `old -> new`, wakes whoever waits, and cancels the pair's
 timer when the state that armed it is left (pyroute2's DHCP client keeps its
 states the same way: dhcp/fsm.py and the `state` setter in dhcp/client.py).
 
-`decide()` (guestfail.pairstate) runs once per event; after a request
+`decide()` (guestfail.core.decision) runs once per event; after a request
 returns it runs again only if another event came while it was in flight.
 Announcements (gratuitous ARP, unsolicited NA) go out after the switch is
 confirmed and recorded, never before the request.  All of it runs on the
@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable, Optional
 
 from guestfail.agent.executor import retrying
+from guestfail.agent.flight import Flight, State
 from guestfail.core.decision import Decision, decide
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Backend
@@ -51,73 +51,8 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
-class State(str, Enum):
-    STEADY = "steady"
-    SWITCHING = "switching"
-    RETRY = "retry"
-    DRAINING = "draining"
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STEADY: frozenset({State.SWITCHING, State.DRAINING}),
-    State.SWITCHING: frozenset({State.STEADY, State.RETRY}),
-    State.RETRY: frozenset({State.STEADY, State.SWITCHING, State.DRAINING}),
-    State.DRAINING: frozenset({State.STEADY}),
-}
-
 #: the kernel refuses to make a member active until its miimon saw the link
 WAIT_FOR_LINK = frozenset({errno.EINVAL, errno.ENODEV, errno.ENOENT})
-
-
-class BadTransition(RuntimeError):
-    """A transition the table does not have: a bug in guestfail."""
-
-
-@dataclass
-class Flight:
-    """One pair's switch in flight."""
-
-    key: str
-    state: State = State.STEADY
-    # the event that called for the switch (monotonic ns) and why
-    since_ns: Optional[int] = None
-    why: str = ""
-    # another event arrived while a request was out: decide again after it
-    dirty: bool = False
-    # (previous active, when) while a new primary the bond already made
-    # active is still being enslaved
-    joining: Optional[tuple[Optional[int], int]] = None
-    timer: Optional[asyncio.TimerHandle] = None
-    # undoes a drain whose VF was not removed (agent.drain_timeout); lives
-    # as long as the drain, not as a state
-    drain_timer: Optional[asyncio.TimerHandle] = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def go(self, new: State, why: str) -> None:
-        if new == self.state:
-            return
-        if new not in TRANSITIONS[self.state]:
-            raise BadTransition(f"{self.key}: {self.state.value} -> {new.value} ({why})")
-        log.debug("%s: %s -> %s (%s)", self.key, self.state.value, new.value, why)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.state = new
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def arm(self, delay: float, fire: Callable[[], None]) -> None:
-        """A timer that belongs to the current state (cancelled on leaving it)."""
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(delay, fire)
-
-    def pending(self, t_ns: int, why: str) -> None:
-        if self.since_ns is None:
-            self.since_ns, self.why = t_ns, why
-
-    def clear(self) -> None:
-        self.since_ns, self.why = None, ""
 
 
 class Switcher:
@@ -131,8 +66,12 @@ class Switcher:
         reconcile: Callable[[str], None],
         announce_enabled: Callable[[], bool],
         retry_delay: Callable[[], float],
+        pair_lock: Optional[threading.Lock] = None,
     ) -> None:
         self.nl = nl
+        # the reconciliation's, held while it plans and changes a pair: a
+        # drain waits for it, so a run that began before cannot undo it
+        self.pair_lock = pair_lock or threading.Lock()
         self.backend = backend
         self.on_switch = on_switch
         self.on_undrain = on_undrain
@@ -175,7 +114,7 @@ class Switcher:
         if ev.deleted:
             if link.ifindex == rec.primary:
                 rec.primary_carrier = False
-                rec.primary_enslaved = False
+                rec.primary_master = None
                 self.evaluate(rec, ev.t_ns, f"{link.name} removed")
             return False
         if link.ifindex == rec.master:
@@ -186,10 +125,10 @@ class Switcher:
             return True
         carrier = link.lower_up and link.up
         if link.ifindex == rec.primary:
-            joined = link.master == rec.master and not rec.primary_enslaved
+            joined = rec.master is not None and link.master == rec.master and not rec.primary_enslaved
             changed = carrier != rec.primary_carrier
             rec.primary_carrier = carrier
-            rec.primary_enslaved = link.master == rec.master
+            rec.primary_master = link.master
             rec.primary_name = link.name
         else:
             joined = False
@@ -212,9 +151,10 @@ class Switcher:
         rec.decision = d
         f = self.flight(rec)
         if f.state in (State.SWITCHING, State.DRAINING):
-            f.dirty = True  # decided again when the request returns
-            if d.switch:
-                f.pending(t_ns, why)
+            # decided again when the request returns (against what it did):
+            # a switch then is this event's
+            f.dirty = True
+            f.pending_later(t_ns, why)
             return d
         if not d.switch or rec.master is None:
             # a setup error alone does not stop switching a bond that is there
@@ -240,7 +180,11 @@ class Switcher:
             # once it is known, as "joined"
             f.joining = (old, t_ns)
             return
-        if f.state in (State.SWITCHING, State.DRAINING) or old == active:
+        if f.state in (State.SWITCHING, State.DRAINING):
+            if active is not None and active == f.target and f.kernel_ns is None:
+                f.kernel_ns = t_ns  # the request's task records it, as the kernel's
+            return
+        if old == active:
             return
         latency = (t_ns - f.since_ns) / 1e6 if f.since_ns is not None else None
         self._record(rec, old, active, f.why or "the bond reselected", latency, "kernel")
@@ -266,9 +210,31 @@ class Switcher:
 
     def _start(self, rec: PairRecord, f: Flight, target: int) -> None:
         f.go(State.SWITCHING, f.why)
+        # now: the task may run after the kernel's next report
+        f.frm, f.target, f.kernel_ns = rec.active, target, None
+        self._spawn(rec, f, target)
+
+    def _spawn(self, rec: PairRecord, f: Flight, target: int) -> None:
         task = asyncio.ensure_future(self._switch(rec, f, target))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(t: asyncio.Future[None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or t.exception() is None:
+                return
+            # a bug, not the kernel's answer (those are handled in _switch):
+            # the pair must not stay SWITCHING, where no event can move it
+            log.error("%s: the switch failed: %r", rec.master_name, t.exception())
+            if self.flights.get(f.key) is f and f.state == State.SWITCHING:
+                f.go(State.STEADY, "the switch failed")
+                f.clear()
+                self.reconcile(f"switch failed: {t.exception()}")
+
+        task.add_done_callback(done)
+
+    def _current(self, f: Flight) -> bool:
+        """Is `f` still its pair's flight (not forgotten meanwhile)?"""
+        return self.flights.get(f.key) is f
 
     async def _switch(self, rec: PairRecord, f: Flight, target: int) -> None:
         """Set `target` active, read the master back, record who made the
@@ -276,13 +242,16 @@ class Switcher:
         got there first (its miimon, or releasing a removed slave)."""
         loop = asyncio.get_running_loop()
         while True:
-            frm, master = rec.active, rec.master
+            frm, master = f.frm, rec.master
             assert master is not None
             names = rec.names()
             f.dirty = False
-            failure: Optional[NetlinkFailure] = None
+            if f.target != target:
+                f.target, f.kernel_ns = target, None
+            failure: Optional[GuestfailError] = None
+            sent_ns: Optional[int] = None
             try:
-                rec.active = await loop.run_in_executor(
+                rec.active, sent_ns = await loop.run_in_executor(
                     self.thread,
                     self._set_active,
                     master,
@@ -290,18 +259,30 @@ class Switcher:
                     target,
                     names.get(target, ""),
                 )
-            except NetlinkFailure as e:
-                failure = e  # the kernel's events kept rec.active current meanwhile
+            except (GuestfailError, OSError) as e:
+                # the kernel's answer (NetlinkFailure), or teamd's (a D-Bus
+                # error, no answer): the events kept rec.active current
+                failure = e if isinstance(e, GuestfailError) else SystemRefused(f"{rec.master_name}: {e}")
+            if not self._current(f):
+                return  # the pair was forgotten meanwhile (its master went)
             t1 = now_ns()
+            kernel_ns = f.kernel_ns
+            f.target = None
             if rec.active == target:
                 if frm != target:
-                    t0 = f.since_ns or t1
-                    by = "guestfail" if failure is None else "kernel"
-                    self._record(rec, frm, target, f.why or "switch", (t1 - t0) / 1e6, by)
+                    # the kernel was first only if it reported the switch
+                    # before the request went out: it reports the request's
+                    # own switch too, often before the request's answer
+                    kernel_first = kernel_ns is not None and (sent_ns is None or kernel_ns < sent_ns)
+                    by = "kernel" if failure is not None or kernel_first else "guestfail"
+                    t_done = kernel_ns if kernel_ns is not None else t1
+                    t0 = f.since_ns or t_done
+                    sent = (sent_ns - t0) / 1e6 if sent_ns is not None else None
+                    self._record(rec, frm, target, f.why or "switch", (t_done - t0) / 1e6, by, sent)
                     self._announce_later(rec)
-                f.clear()
+                f.next_switch()
             elif failure is not None:
-                if failure.code in WAIT_FOR_LINK:
+                if isinstance(failure, NetlinkFailure) and failure.code in WAIT_FOR_LINK:
                     log.debug("%s", failure)
                     f.go(State.RETRY, str(failure))
                     f.arm(self.retry_delay(), lambda: self._retry(rec, f))
@@ -323,10 +304,11 @@ class Switcher:
                 f.clear()
                 return
             target = d.want_active
+            f.frm = rec.active
 
     def _retry(self, rec: PairRecord, f: Flight) -> None:
         f.timer = None
-        if f.state != State.RETRY:
+        if f.state != State.RETRY or not self._current(f):
             return
         d = decide(rec.facts())
         rec.decision = d
@@ -335,15 +317,19 @@ class Switcher:
             f.clear()
             return
         f.go(State.SWITCHING, f"retry: {f.why}")
-        task = asyncio.ensure_future(self._switch(rec, f, d.want_active))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        f.frm, f.target, f.kernel_ns = rec.active, d.want_active, None
+        self._spawn(rec, f, d.want_active)
 
-    def _set_active(self, master: int, master_name: str, slave: int, slave_name: str) -> Optional[int]:
-        """(switch thread) The request, then one read of the master to confirm."""
+    def _set_active(
+        self, master: int, master_name: str, slave: int, slave_name: str
+    ) -> tuple[Optional[int], int]:
+        """(switch thread) The request, then one read of the master to
+        confirm.  Returns the active member and when the request went out
+        (the time from the event to it is guestfail's own share)."""
+        sent_ns = now_ns()
         retrying(lambda: self.backend.set_active(master, master_name, slave, slave_name), attempts=3)
         link = self.nl.get_link(master)
-        return self.backend.active(link) if link is not None else None
+        return (self.backend.active(link) if link is not None else None), sent_ns
 
     def _record(
         self,
@@ -353,12 +339,15 @@ class Switcher:
         why: str,
         latency: Optional[float],
         by: str,
+        sent: Optional[float] = None,
     ) -> None:
-        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by)
+        sw = Switch(time.time(), rec.name_of(frm), rec.name_of(to), why, latency, by, sent)
         rec.history.append(sw)
         rec.switches += 1
         rec.decision = decide(rec.facts())
         lat = f" in {latency:.2f} ms" if latency is not None else ""
+        if sent is not None:
+            lat += f", request sent at {sent:.2f} ms"
         log.info(
             "%s: active %s -> %s (%s, by %s%s)", rec.master_name, sw.frm or "-", sw.to or "-", why, by, lat
         )
@@ -411,15 +400,16 @@ class Switcher:
         rec.drained = True
         loop = asyncio.get_running_loop()
 
-        def run() -> Optional[int]:
-            self.backend.set_primary(master, names.get(master, ""), None, "")
-            return self._set_active(master, names.get(master, ""), sby, names.get(sby, ""))
+        def run() -> tuple[Optional[int], int]:
+            with self.pair_lock:
+                self.backend.set_primary(master, names.get(master, ""), None, "")
+                return self._set_active(master, names.get(master, ""), sby, names.get(sby, ""))
 
         fut = loop.run_in_executor(self.thread, run)
         done, _ = await asyncio.wait({fut}, timeout=timeout)
         if not done:
 
-            def late(_f: asyncio.Future[Optional[int]]) -> None:
+            def late(_f: asyncio.Future[tuple[Optional[int], int]]) -> None:
                 f.go(State.STEADY, f"late answer to {why}")
                 self.undrain(rec, f"{why} timed out after {timeout:g} s")
 
@@ -430,22 +420,28 @@ class Switcher:
             )
         f.go(State.STEADY, f"{why} answered")
         try:
-            confirmed = fut.result()
+            confirmed, sent_ns = fut.result()
         except GuestfailError as e:
             self.undrain(rec, f"{why} failed: {e}")
             raise
+        except OSError as e:
+            self.undrain(rec, f"{why} failed: {e}")
+            raise SystemRefused(f"{rec.master_name}: {why} failed: {e}") from e
         rec.active = confirmed
         if confirmed != sby:
             self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
-            self._record(rec, frm, sby, why, (now_ns() - t0) / 1e6, "guestfail")
+            self._record(rec, frm, sby, why, (now_ns() - t0) / 1e6, "guestfail", (sent_ns - t0) / 1e6)
             self._announce_later(rec)
         f.clear()
         rec.decision = decide(rec.facts())
         if f.dirty:  # something happened while the drain was out
             f.dirty = False
             self.evaluate(rec, now_ns(), f"after {why}")
+        if f.drain_timer is not None:  # a drain again: its deadline counts from now
+            f.drain_timer.cancel()
+            f.drain_timer = None
         if expires > 0:
             not_removed = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
             f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, not_removed)

@@ -72,6 +72,9 @@ class Outcome:
     # name a released standby got back (what a network configuration that
     # names the link must now follow)
     renamed: set[str] = field(default_factory=set)
+    # when the snapshot was begun (monotonic ns): an event read after that is
+    # newer than anything the snapshot says
+    observed_ns: int = 0
 
 
 class Integration(Protocol):

@@ -51,6 +51,7 @@ class Switch:
     reason: str
     latency_ms: Optional[float]  # event arrival -> kernel confirmed the new active member
     by: str  # "guestfail" or "kernel" (the bond's own miimon/primary reselection)
+    request_ms: Optional[float] = None  # event arrival -> guestfail's request went out (None: none was sent)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -76,13 +77,19 @@ class PairRecord:
     error: str = ""
     standby_carrier: bool = False
     primary_carrier: bool = False
-    primary_enslaved: bool = False
+    # the primary's master as the kernel last said (IFLA_MASTER): kept raw,
+    # so an event read before the pair's master was known is right once it is
+    primary_master: Optional[int] = None
     active: Optional[int] = None
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
     primary_slot: str = ""  # the PCI slot of the primary (the attention button's)
     mac: str = ""  # MAC_SAME, MAC_SET, MAC_FOLLOWS; "" without a primary
+
+    @property
+    def primary_enslaved(self) -> bool:
+        return self.primary is not None and self.master is not None and self.primary_master == self.master
 
     def facts(self) -> Facts:
         """What the switch decision reads (guestfail.core.decision)."""
@@ -97,24 +104,30 @@ class PairRecord:
             error=self.error,
         )
 
-    def observe(self, p: Pairing, snap: Snapshot, master: Optional[Link]) -> bool:
+    def observe(
+        self, p: Pairing, snap: Snapshot, master: Optional[Link], fresher: frozenset[int] = frozenset()
+    ) -> bool:
         """Take the pair's facts from a snapshot (the one derivation, for the
         daemon and for `status`'s live view).  The active member and the
-        drain are not taken (the daemon follows them itself).  True if the
-        pair has a primary it did not have before."""
+        drain are not taken (the daemon follows them itself).  A member in
+        `fresher` had an event read after the snapshot was begun: its carrier
+        and membership stay as that event said.  True if the pair has a
+        primary it did not have before."""
         sby = snap.links[p.standby]
         prim = snap.get(p.primary)
         self.label = p.label
         self.rule, self.reason = p.rule, p.reason
         self.master = master.ifindex if master else None
         self.master_name = master.name if master else ""
+        if not (sby.ifindex == self.standby and sby.ifindex in fresher):
+            self.standby_carrier = sby.lower_up and sby.up
         self.standby, self.standby_name = sby.ifindex, sby.name
-        self.standby_carrier = sby.lower_up and sby.up
         new_primary = prim is not None and prim.ifindex != self.primary
+        if prim is None or new_primary or prim.ifindex not in fresher:
+            self.primary_carrier = bool(prim and prim.lower_up and prim.up)
+            self.primary_master = prim.master if prim else None
         self.primary = prim.ifindex if prim else None
         self.primary_name = prim.name if prim else ""
-        self.primary_carrier = bool(prim and prim.lower_up and prim.up)
-        self.primary_enslaved = bool(prim and master and prim.master == master.ifindex)
         self.primary_slot = prim.slot if prim else ""
         self.mac = mac_mode(sby, prim)
         return new_primary

@@ -121,14 +121,27 @@ def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) ->
 def plan_finish_release(entry: Entry, snap: Snapshot) -> list[Step]:
     """A release that died after its master was deleted: the standby (found
     by its key) gets its name back, comes up, and gets what the journal
-    lists.  Nothing when the standby is gone too."""
+    lists.  Nothing when the standby is gone too.
+
+    A pairing that died between creating its master and marking it leaves
+    that master unmarked under the name the journal says it was creating:
+    with its pair gone meanwhile (the VF unplugged while guestfail was down),
+    it is deleted here, or it would hold the name against the next pairing."""
+    steps: list[Step] = []
+    unmarked = next((x for x in snap.links.values() if entry.creating and x.name == entry.creating), None)
+    if (
+        unmarked is not None
+        and unmarked.kind in ("bond", "team")
+        and unmarked.marker is None
+        and not any(x.master == unmarked.ifindex for x in snap.links.values())
+    ):
+        steps.append(DeleteMaster(unmarked.ifindex))
     standby = next(
         (x for x in snap.links.values() if x.master is None and not x.kind and standby_key(x) == entry.key),
         None,
     )
     if standby is None:
-        return []  # still enslaved (to a master being released) or gone
-    steps: list[Step] = []
+        return steps  # still enslaved (to a master being released) or gone
     if standby.name != entry.standby_name:
         if standby.up:
             steps.append(SetDown(standby.ifindex))

@@ -130,9 +130,7 @@ class Rtnl(Protocol):
     def del_route(self, oif: int, name: str, r: Route) -> None: ...
 
 
-def _pyroute2_06(ipr: Any) -> bool:
-    """pyroute2 0.6, whose package maps onto pr2modules."""
-    return PYROUTE2_06
+PYROUTE2_06 = pyroute2_06()
 
 
 def _delete(ipr: Any, msg_type: int) -> Any:
@@ -141,12 +139,9 @@ def _delete(ipr: Any, msg_type: int) -> Any:
     host's 6.18 does); there a (type, flags) pair, which its link(),
     addr(), route() and tc() accept, sends the plain request later
     pyroute2 sends."""
-    if _pyroute2_06(ipr):
+    if PYROUTE2_06:
         return (msg_type, NLM_F_REQUEST | NLM_F_ACK)
     return "del"
-
-
-PYROUTE2_06 = pyroute2_06()
 
 
 def _ignoring(codes: set[int], call: Callable[[], object]) -> None:
@@ -370,7 +365,7 @@ class Netlink:
             # request's own keys: give both
             kw["preferred"] = pref
             kw["valid"] = valid
-            if not _pyroute2_06(self.ipr):  # 0.6 reads these keys; this dict beside them is EINVAL there
+            if not PYROUTE2_06:  # 0.6 reads these keys; this dict beside them is EINVAL there
                 kw["cacheinfo"] = {"preferred": pref, "valid": valid, "cstamp": 0, "tstamp": 0}
         what = f"add {a.address}/{a.prefixlen} to {name}"
         _ignoring({errno.EEXIST}, lambda: self._do(what, lambda: self.ipr.addr("add", **kw)))

@@ -32,6 +32,9 @@ from tests.integration.conftest import (
 
 DEB_FILES = [
     "/usr/bin/guestfail",
+    "/usr/bin/guestfail-probe",
+    "/usr/lib/python3/dist-packages/guestfail/probe/cli.py",
+    "/usr/share/man/man8/guestfail-probe.8.gz",
     "/usr/lib/python3/dist-packages/guestfail/__init__.py",
     "/usr/lib/python3/dist-packages/guestfail/cli/commands.py",
     "/usr/lib/python3/dist-packages/guestfail/agent/daemon.py",
@@ -264,6 +267,9 @@ RPM_FILES = {
         "/usr/lib/systemd/network/05-guestfail-members.network",
         "/usr/share/dbus-1/system.d/io.github.guestfail1.conf",
         r"/usr/share/man/man8/guestfail\.8(\.gz)?",
+        "/usr/bin/guestfail-probe",
+        "/usr/lib/python3.*/site-packages/guestfail/probe/cli.py",
+        r"/usr/share/man/man8/guestfail-probe\.8(\.gz)?",
         "/usr/share/doc/guestfail/examples/guestfail.toml",
         "/usr/share/bash-completion/completions/guestfail",
         "/usr/share/zsh/site-functions/_guestfail",

@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from guestfail.agent.daemon import Daemon
 from guestfail.core.errors import NotFound, SystemRefused
+from guestfail.core.interfaces import Outcome
 from guestfail.core.records import PairRecord
 from guestfail.system.linkevents import Batch, LinkEvent
 from guestfail.system.netlink import NetlinkFailure
@@ -54,7 +57,7 @@ def the_pair(d: Daemon) -> PairRecord:
 def event(w: World, name: str) -> LinkEvent:
     link = w.k.get_link(w.link(name).ifindex)
     assert link is not None
-    return LinkEvent(False, link, 1000)
+    return LinkEvent(False, link, time.monotonic_ns())  # when the daemon read it
 
 
 def primary_of(w: World) -> int | None:
@@ -209,5 +212,53 @@ def test_an_empty_name_finds_no_pair(tmp_path: Path) -> None:
             with pytest.raises(NotFound):
                 d.find_pair("")
             assert d.find_pair("ens11") is the_pair(d)
+
+    asyncio.run(go())
+
+
+def test_an_older_snapshot_does_not_undo_a_newer_event(tmp_path: Path) -> None:
+    """A reconciliation's snapshot applied after a link event that came later
+    must not bring the event's news back to the snapshot's (it made the
+    daemon switch away from a VF that had just come up, measured in the
+    lab with the vmxnet3 stand-in)."""
+    w = paired(tmp_path)
+
+    async def go() -> None:
+        async with daemon(w) as d:
+            old = Outcome(*_observed(d))  # the snapshot: the VF with carrier
+            old.observed_ns = time.monotonic_ns()
+            d.reconciler._masters(old)
+            w.k.set_carrier(w.link("ens11npf").ifindex, False)
+            d.on_link_event(event(w, "ens11npf"))  # read after the snapshot was begun
+            await d.switcher.settle()
+            rec = the_pair(d)
+            assert rec.active == w.link("ens11nsby").ifindex and not rec.primary_carrier
+            d._apply_outcome(old)
+            await d.switcher.settle()
+            assert not rec.primary_carrier  # still what the event said
+            assert rec.active == w.link("ens11nsby").ifindex
+            assert [s.to for s in rec.history] == ["ens11nsby"], rec.history
+
+    asyncio.run(go())
+
+
+def _observed(d: Daemon) -> tuple[Any, Any]:
+    from guestfail.core.match import match
+
+    snap = d.reconciler.observe()
+    return snap, match(d.cfg, snap)
+
+
+def test_the_metrics_say_the_daemon_is_up_and_then_stopped(tmp_path: Path) -> None:
+    """The node_exporter textfile follows the daemon: up while it runs, 0
+    once it stopped (the pairs stay, nothing switches)."""
+    pytest.importorskip("prometheus_client")
+    w = paired(tmp_path)
+    prom = tmp_path / "guestfail.prom"
+
+    async def go() -> None:
+        async with daemon(w, f'\n[metrics]\ntextfile = "{prom}"\n'):
+            assert "guestfail_up 1.0" in prom.read_text()
+        assert "guestfail_up 0.0" in prom.read_text()
 
     asyncio.run(go())

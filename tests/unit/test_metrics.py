@@ -27,7 +27,8 @@ T0 = 1_795_000_000.0  # a wall-clock time in 2026
 def record(active: int = 3) -> PairRecord:
     rec = PairRecord("pci-0000:01:00.0", master=5, master_name="ens4", standby=2, standby_name="ens4nsby")
     rec.primary, rec.primary_name = 3, "ens4npf"
-    rec.primary_enslaved = rec.standby_carrier = True
+    rec.primary_master = rec.master
+    rec.standby_carrier = True
     rec.primary_carrier = active == 3
     rec.active = active
     rec.rule = "mac"

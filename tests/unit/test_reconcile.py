@@ -67,7 +67,7 @@ class World:
         return Reconciler(cfg, self.k, sysfs, BondBackend(cfg, self.k, sysfs), self.state)
 
     def run(self, cfg: Optional[Config] = None) -> Outcome:
-        return self.reconciler(cfg).run(set(), self.outcomes.append)
+        return self.reconciler(cfg).run(frozenset, self.outcomes.append)
 
     # what the kernel holds, by name
     def names(self) -> set[str]:
@@ -159,6 +159,30 @@ def test_a_crash_at_any_step_of_pairing_loses_nothing(tmp_path: Path) -> None:
             w.run()
         out = w.run()  # a new process: nothing in memory but the journal
         assert out.verified, n
+        assert_paired(w)
+
+
+def test_a_crash_at_any_step_of_pairing_with_the_vf_gone_meanwhile_loses_nothing(tmp_path: Path) -> None:
+    """The same crash points, and the VF unplugged while guestfail was down
+    (a migration began): the next start leaves whatever holds the standby's
+    name (its master, or the standby itself) with everything, no master
+    under a temporary name, and the VF that comes back is paired."""
+    total = uninterrupted_requests(tmp_path)
+    for n in range(1, total + 1):
+        w = World(tmp_path / f"crash{n}")
+        w.configured_standby()
+        vf = w.vf()
+        w.k.crash_after(n)
+        with pytest.raises(Crashed):
+            w.run()
+        w.k.remove(vf)
+        out = w.run()
+        assert out.verified and not out.errors, (n, out.errors)
+        assert w.addresses("ens11") == EVERYTHING and w.routes("ens11") == ALL_ROUTES, n
+        assert not [x.name for x in w.k.links.values() if x.name.startswith("gftmp")], n
+        w.vf("ens5002", pci="0000:06:00.0")  # back, in another slot
+        out = w.run()
+        assert not out.errors, (n, out.errors)
         assert_paired(w)
 
 

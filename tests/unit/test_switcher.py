@@ -5,13 +5,18 @@ reselects by itself; events go in as the kernel reports them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from guestfail.agent.switcher import TRANSITIONS, BadTransition, Flight, State, Switcher
+from bench.common import parse_switches
+from guestfail.agent.flight import TRANSITIONS, BadTransition, Flight, State
+from guestfail.agent.switcher import Switcher
 from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
 from guestfail.core.model import Address
@@ -69,7 +74,8 @@ def make_bond(announce: bool = False) -> Bond:
         "pci-0000:01:00.0", master=master, master_name="ens11", standby=sby, standby_name="ens11nsby"
     )
     rec.primary, rec.primary_name = vf, "ens11npf"
-    rec.primary_enslaved = rec.primary_carrier = rec.standby_carrier = True
+    rec.primary_master = rec.master
+    rec.primary_carrier = rec.standby_carrier = True
     rec.active = vf
     switches: list[Switch] = []
     asked: list[str] = []
@@ -111,10 +117,67 @@ def test_carrier_loss_switches_at_once_and_is_recorded(bond: Bond) -> None:
             "ens11npf lost carrier",
         )
         assert sw.latency_ms is not None and sw.latency_ms >= 0
+        # guestfail's own share: the event to its request, within the whole
+        assert sw.request_ms is not None and 0 <= sw.request_ms <= sw.latency_ms
         # the bond's own report of that switch is not recorded twice
         bond.bond_reports(2000)
         assert len(bond.switches) == 1
         assert bond.rec.decision is not None and bond.rec.decision.health.value == "degraded"
+
+    run(go())
+
+
+def test_the_benchmarks_read_the_switch_log_line_the_switcher_writes(
+    bond: Bond, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bench reaction parses the daemon's log: the line's format and its
+    parser move together."""
+    caplog.set_level(logging.INFO, logger="guestfail.agent.switcher")
+
+    async def go() -> None:
+        bond.carrier(bond.vf, False, time.monotonic_ns())
+        await bond.sw.settle()
+
+    run(go())
+    (sw,) = bond.switches
+    (line,) = parse_switches(caplog.text)
+    assert (line.master, line.frm, line.to, line.by) == (bond.rec.master_name, sw.frm, sw.to, "guestfail")
+    assert line.reason == sw.reason
+    assert line.ms == pytest.approx(sw.latency_ms, abs=0.01)
+    assert line.sent_ms == pytest.approx(sw.request_ms, abs=0.01)
+
+
+def test_a_switch_called_for_while_a_request_is_out_is_timed_from_its_own_event(bond: Bond) -> None:
+    """The VF's carrier comes back while guestfail's request for the standby
+    is out: the switch back that follows is that event's, with its reason and
+    its time, not a nameless 'switch' of 0 ms."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        t_back: list[int] = []
+
+        def carrier_back() -> None:  # the switch thread, the request about to go out
+            bond.k.before.pop("set_bond")
+            seen = threading.Event()
+
+            def event() -> None:
+                t_back.append(time.monotonic_ns())
+                bond.carrier(bond.vf, True, t_back[0])
+                seen.set()
+
+            loop.call_soon_threadsafe(event)
+            seen.wait(5)
+
+        bond.k.before["set_bond"] = carrier_back
+        t_down = time.monotonic_ns() - 10_000_000_000  # read 10 s ago, say: tells the two apart
+        bond.carrier(bond.vf, False, t_down)
+        await bond.sw.settle()
+        first, second = bond.switches
+        assert (first.to, first.reason) == ("ens11nsby", "ens11npf lost carrier")
+        assert (second.to, second.reason) == ("ens11npf", "ens11npf got carrier")
+        assert first.latency_ms is not None and second.latency_ms is not None
+        assert 0 < second.latency_ms < 10_000 <= first.latency_ms  # each from its own event
+        assert bond.k.links[bond.master].bond["active_slave"] == bond.vf  # type: ignore[index]
 
     run(go())
 
@@ -143,6 +206,7 @@ def test_carrier_back_before_miimon_saw_it_waits_for_the_bond(bond: Bond) -> Non
             "ens11npf got carrier",
         )
         assert sw.latency_ms == pytest.approx(50.0)
+        assert sw.request_ms is None  # the switch was not guestfail's request's
         assert bond.flight().state == State.STEADY and bond.flight().timer is None
         assert bond.rec.decision is not None and bond.rec.decision.health.value == "healthy"
 
@@ -307,5 +371,31 @@ def test_prepare_unplug_while_a_switch_is_out_is_refused(bond: Bond) -> None:
         with pytest.raises(SystemRefused, match="in flight"):
             await bond.sw.drain(bond.rec, 1.0)
         await bond.sw.settle()
+
+    run(go())
+
+
+def test_the_bonds_report_before_the_request_goes_out_is_recorded_as_the_kernels(bond: Bond) -> None:
+    """The bond's own report of the switch is read in the same loop turn as
+    the carrier event, before guestfail's request went out: the switch is
+    recorded once, as the kernel's, timed to the bond's report (it was lost:
+    the request's task took the member it switched from when it ran)."""
+
+    async def go() -> None:
+        bond.carrier(bond.vf, False, 1000)
+        await bond.sw.settle()
+        bond.switches.clear()
+        bond.k.set_carrier(bond.vf, True)  # the bond reselects its primary at once
+        bond.sw.link_event(bond.rec, bond.event(bond.vf, 2_000_000))
+        bond.bond_reports(5_000_000)
+        await bond.sw.settle()
+        (sw,) = bond.switches
+        assert (sw.frm, sw.to, sw.by, sw.reason) == (
+            "ens11nsby",
+            "ens11npf",
+            "kernel",
+            "ens11npf got carrier",
+        )
+        assert sw.latency_ms == pytest.approx(3.0)
 
     run(go())

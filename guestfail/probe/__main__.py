@@ -1,0 +1,3 @@
+from guestfail.probe.cli import entry
+
+entry()
