@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, Callable, Optional
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: how long the kernel may take to confirm the switch to the standby
 DRAIN_TIMEOUT_S = 5.0
+#: pciehp powers the slot off this long after the press
+SLOT_OFF_S = 5.0
 
 
 class AttentionButtons:
@@ -43,6 +46,8 @@ class AttentionButtons:
         self.kmsg: Optional[Kmsg] = None
         self.state = "not watched"  # for status: daemon.attention_button
         self.pressed: dict[str, str] = {}  # slot -> pair key, between a press and its end
+        # slot -> (a press no pair was ready for yet, when its slot goes off)
+        self.waiting: dict[str, tuple[ButtonEvent, float]] = {}
         self._drains: dict[str, asyncio.Future[None]] = {}  # slot -> its drain
 
     # ------------------------------------------------------------ the log
@@ -87,6 +92,7 @@ class AttentionButtons:
 
     def on_event(self, ev: ButtonEvent) -> None:
         if ev.cancel:
+            self.waiting.pop(ev.slot, None)
             key = self.pressed.pop(ev.slot, None)
             rec = next((r for r in self.pairs() if r.key == key), None) if key else None
             if rec is None:
@@ -94,20 +100,41 @@ class AttentionButtons:
                 return
             self._spawn(ev.slot, self._cancel(rec, ev, self._drains.get(ev.slot)))
             return
+        if not self._press(ev):
+            # the pair may be a moment behind the kernel (a VF paired a moment
+            # ago, a standby's carrier coming back): tried again as the
+            # daemon's records change, until the slot goes off
+            self.waiting[ev.slot] = (ev, time.monotonic() + SLOT_OFF_S)
+
+    def _press(self, ev: ButtonEvent) -> bool:
+        """Move the pair in the slot to its standby, if it can be: True if
+        there is nothing more to do about this press."""
         rec = self.pair_in(ev.slot)
-        if rec is None:
-            log.info("%s: no paired VF there", ev.reason())
-            return
-        if rec.master is None or rec.standby is None or not rec.standby_carrier:
-            log.warning(
-                "%s: %s's standby has no carrier: the VF carries the traffic until it goes",
-                ev.reason(),
-                rec.master_name or rec.key,
-            )
-            return
+        if rec is None or rec.master is None or rec.standby is None or not rec.standby_carrier:
+            return False
+        self.waiting.pop(ev.slot, None)
         log.info("%s: %s moves to its standby before the slot goes off", ev.reason(), rec.master_name)
         self.pressed[ev.slot] = rec.key
         self._spawn(ev.slot, self._drain(rec, ev))
+        return True
+
+    def retry(self) -> None:
+        """The daemon's records changed: presses that found no pair ready to
+        move are looked at again (until their slot went off)."""
+        for slot, (ev, deadline) in list(self.waiting.items()):
+            if self._press(ev):
+                continue
+            if time.monotonic() > deadline:
+                del self.waiting[slot]
+                rec = self.pair_in(slot)
+                if rec is None:
+                    log.info("%s: no paired VF there", ev.reason())
+                else:
+                    log.warning(
+                        "%s: %s's standby has no carrier: the VF carried the traffic until it went",
+                        ev.reason(),
+                        rec.master_name or rec.key,
+                    )
 
     def _spawn(self, slot: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

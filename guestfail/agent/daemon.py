@@ -381,6 +381,7 @@ class Daemon:
             if not self._teamd.watch(dev, pid):
                 self.request_reconcile(f"teamd for {dev} is gone")
         self.sections = match_sections(result, snap)
+        self.buttons.retry()  # a press that came before its pair was known
         for rec in self.pairs.values():
             self.switcher.evaluate(rec, now_ns(), "reconciled")
         self._write_state()

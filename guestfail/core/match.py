@@ -385,6 +385,8 @@ class _Matcher:
                         f"bridge {b} has {len(sbys)} standbys and {len(prims)} primaries behind it "
                         f"({_names([*sbys, *prims])}): which two belong together is not clear",
                     )
+                    for s in sbys:  # still the bridge's: no later rule takes them
+                        self.reserved.setdefault(s.ifindex, f"the topology rule (behind bridge {b})")
                     continue
                 sby, prim = built
                 others = [x for x in (*sbys, *prims) if x.ifindex not in (sby.ifindex, prim.ifindex)]

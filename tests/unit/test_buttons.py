@@ -247,3 +247,35 @@ def test_a_log_that_cannot_be_read_is_said_in_the_status(tmp_path: Path) -> None
             assert "handled when it goes" in state
 
     asyncio.run(go())
+
+
+def test_a_press_before_the_pair_is_ready_moves_it_once_it_is(tmp_path: Path) -> None:
+    """The daemon's records may be a moment behind the kernel (the press
+    came while the pair was being built, or the standby had no carrier):
+    the press is looked at again as they change, until its slot goes off."""
+    w = paired(tmp_path)
+
+    async def go() -> None:
+        async with daemon(w) as d:
+            rec = the_pair(d)
+            sby = w.link("ens11nsby").ifindex
+            w.k.set_carrier(sby, False)
+            d.on_link_event(event(w, "ens11nsby"))
+            press(d)
+            await settled(d)
+            assert not rec.drained and "5001" in d.buttons.waiting
+            w.k.set_carrier(sby, True)
+            n = d.reconciling.runs
+            d.request_reconcile("the standby's carrier is back")
+            await reconciled(d, n)
+            await settled(d)
+            assert rec.drained and active(w) == "ens11nsby" and not d.buttons.waiting
+            assert rec.history[-1].reason == "attention button on slot 5001"
+
+            # a press for a slot without a pair is forgotten once the slot went off
+            press(d, "5002")
+            d.buttons.waiting["5002"] = (d.buttons.waiting["5002"][0], 0.0)  # its 5 s are over
+            d.buttons.retry()
+            assert "5002" not in d.buttons.waiting
+
+    asyncio.run(go())

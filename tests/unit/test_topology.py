@@ -140,18 +140,22 @@ def test_nics_on_root_ports_of_their_own_are_no_topology_pair(tmp_path: Path) ->
 
 
 def test_three_nics_behind_one_bridge_are_refused_with_the_reason(tmp_path: Path) -> None:
+    """... and the standby stays the bridge's: a NIC elsewhere with its MAC
+    is not paired with it by a later rule."""
     g = Guest(tmp_path)
     g.standby("ens1", SBY, 1)
     g.vf("ens32", VF, 2)
     g.vf("ens33", VF2, 3)
-    snap, r = g.match()
+    g.elsewhere("ens9", SBY)
+    snap, r = g.match('[agent]\nmatch = ["topology", "mac"]\n')
     assert pairs(snap, r) == []
     assert refused(snap, r) == [
         (
             ["ens1", "ens32", "ens33"],
             f"bridge {USP[0]} ({USP[1]}) has 1 standbys and 2 primaries behind it (ens1, ens32, ens33): "
             "which two belong together is not clear",
-        )
+        ),
+        (["ens9"], f"ens1 is reserved by the topology rule (behind bridge {USP[0]} ({USP[1]}))"),
     ]
 
 
