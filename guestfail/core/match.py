@@ -377,6 +377,8 @@ class _Matcher:
                     self.notes[p.ifindex].append(f"no standby behind bridge {b}")
                 continue
             self.res.bridges.append(group.bridge.address)
+            for s in sbys:  # the bridge's: no later rule takes them
+                self.reserved.setdefault(s.ifindex, f"the topology rule (behind bridge {b})")
             if len(sbys) > 1 or len(prims) > 1:
                 built = _built_pair(self.snap, sbys, prims)
                 if built is None:
@@ -385,8 +387,6 @@ class _Matcher:
                         f"bridge {b} has {len(sbys)} standbys and {len(prims)} primaries behind it "
                         f"({_names([*sbys, *prims])}): which two belong together is not clear",
                     )
-                    for s in sbys:  # still the bridge's: no later rule takes them
-                        self.reserved.setdefault(s.ifindex, f"the topology rule (behind bridge {b})")
                     continue
                 sby, prim = built
                 others = [x for x in (*sbys, *prims) if x.ifindex not in (sby.ifindex, prim.ifindex)]
@@ -394,17 +394,11 @@ class _Matcher:
                 sbys, prims = [sby], [prim]
             sby = sbys[0]
             self.topology_sby.add(sby.ifindex)
-            self.reserved.setdefault(sby.ifindex, f"the topology rule (behind bridge {b})")
             if not prims:
                 continue
             prim = prims[0]
-            why_not = (
-                self.taken(sby)
-                if sby.ifindex in self.claimed_sby or sby.ifindex in self.explicit_sby
-                else None
-            )
-            if why_not is not None:
-                self.refuse([prim], why_not)
+            if sby.ifindex in self.claimed_sby or sby.ifindex in self.explicit_sby:
+                self.refuse([prim], self.taken(sby) or "")
                 continue
             same = prim.hw_mac == sby.hw_mac
             macs = "the MACs agree" if same else f"MACs differ ({prim.hw_mac} vs {sby.hw_mac})"
