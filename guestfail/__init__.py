@@ -1,3 +1,3 @@
 """guestfail: user-space failover for VMs with SR-IOV VFs."""
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

@@ -366,6 +366,7 @@ class Helper:
         self.notify: dict[str, socket.socket] = {}
         self.notify_msgs: dict[str, list[str]] = {}
         self.done = threading.Event()
+        self.systemd = False  # run by systemd in an image guest (--systemd)
 
     # each op returns a dict (the reply) or raises
     def op_run(self, r: dict[str, Any]) -> dict[str, Any]:
@@ -558,8 +559,14 @@ class Helper:
 
     def op_write_file(self, r: dict[str, Any]) -> dict[str, Any]:
         os.makedirs(os.path.dirname(r["path"]) or "/", exist_ok=True)
-        with open(r["path"], "w") as f:
-            f.write(r["content"])
+        if "b64" in r:  # binary content (a package, an archive)
+            import base64
+
+            with open(r["path"], "wb") as fb:
+                fb.write(base64.b64decode(r["b64"]))
+        else:
+            with open(r["path"], "w") as f:
+                f.write(r["content"])
         if "mode" in r:
             os.chmod(r["path"], r["mode"])
         return {}
@@ -634,6 +641,8 @@ class Helper:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
         self.done.set()
+        if self.systemd:  # an image guest: systemd shuts the machine down
+            subprocess.run(["systemctl", "poweroff", "--no-block"], check=False)
         return {}
 
     def serve(self, req: dict[str, Any]) -> None:
@@ -649,13 +658,17 @@ class Helper:
                 "trace": traceback.format_exc(),
             }
         self.chan.send(reply)
-        if req.get("op") == "poweroff":
+        if req.get("op") == "poweroff" and not self.systemd:
             os._exit(0)
 
 
 def main() -> int:
+    """Under virtme-run the helper is the guest's init script; in an image
+    guest (--systemd) a service started when its port appears, restarted by
+    systemd whenever the host side goes away (the channel reads EOF)."""
     chan = Channel(find_port())
     helper = Helper(chan)
+    helper.systemd = "--systemd" in sys.argv[1:]
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     chan.send({"event": "ready", "uptime": uptime, "kernel": os.uname().release})

@@ -193,6 +193,11 @@ class Lab:
     def console_log(self) -> Path:
         return self.workdir / "console.log"
 
+    @property
+    def stderr_log(self) -> Path:
+        """Where QEMU's stderr goes (virtme-run prints the guest's console there)."""
+        return self.console_log
+
     def guest_path(self, name: str) -> str:
         """A path in the shared work dir, the same in guest and host."""
         return str(self.workdir / name)
@@ -275,7 +280,7 @@ class Lab:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         with (
-            open(self.console_log, "wb") as console,
+            open(self.stderr_log, "wb") as console,
             open(self.workdir / "stdout.log", "wb") as out,
         ):
             self._proc = await asyncio.create_subprocess_exec(

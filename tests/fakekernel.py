@@ -487,11 +487,21 @@ class FakeKernel:
         if family != socket.AF_INET:
             return True
         gw = ipaddress.ip_address(gateway)
+        # a connected route: an address's prefix route (unless it was added
+        # with IFA_F_NOPREFIXROUTE), or a link route
         return any(
             i == oif
             and a.family == family
+            and not a.flags & 0x200
             and gw in ipaddress.ip_network(f"{a.address}/{a.prefixlen}", False)
             for i, a in self.addr_table
+        ) or any(
+            o == oif
+            and r.family == family
+            and not r.gateway
+            and r.dst
+            and gw in ipaddress.ip_network(f"{r.dst}/{r.dst_len}", False)
+            for o, r in self.routes
         )
 
     def add_route(self, oif: int, name: str, r: Route) -> None:

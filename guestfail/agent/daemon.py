@@ -4,8 +4,8 @@ Two kinds of work, kept apart so a long rebuild never delays a switch:
 
 * the switch path, on the loop thread: a link event for a member (carrier
   lost, carrier back, gone) or the master (the bond switched by itself) is
-  decided on at once by `pairstate.decide`; the new active member is set by a
-  dedicated netlink thread and read back from the kernel, and the time from
+  decided on at once (guestfail.agent.switcher, guestfail.core.decision); the
+  new active member is set by a dedicated netlink thread and read back from the kernel, and the time from
   the event's arrival to that confirmation is recorded;
 * reconciliation, on its own thread: observe -> match -> plan -> apply ->
   observe again, until the plans are empty (verified) or the attempts run out.
@@ -32,15 +32,17 @@ from guestfail.agent.buttons import AttentionButtons
 from guestfail.agent.flight import State
 from guestfail.agent.reconciler import Reconciler, Scheduler
 from guestfail.agent.switcher import Switcher, now_ns
-from guestfail.backends.bond import BondBackend
+from guestfail.agent.wiring import make_backend, networkmanager_wanted
 from guestfail.core import config as config_mod
 from guestfail.core.config import Config
 from guestfail.core.decision import decide
 from guestfail.core.errors import GuestfailError, NotFound, SystemRefused
-from guestfail.core.interfaces import Backend, Integration, Outcome
+from guestfail.core.interfaces import Integration, Outcome
 from guestfail.core.records import STATE_FILE, PairRecord, Switch, document, match_sections
+from guestfail.integrations.ifupdown import IfupdownIntegration
+from guestfail.integrations.networkd import NetworkdIntegration
 from guestfail.integrations.networkmanager import NetworkManagerIntegration, dbus_library
-from guestfail.system import metrics
+from guestfail.system import inotify, metrics
 from guestfail.system.files import write_atomic
 from guestfail.system.linkevents import LinkEvent, LinkMonitor
 from guestfail.system.netlink import Netlink, Rtnl
@@ -50,24 +52,6 @@ from guestfail.system.sysfs import Sysfs
 from guestfail.system.udev import Udev, UdevInfo
 
 log = logging.getLogger(__name__)
-
-
-def make_backend(cfg: Config, nl: Rtnl, sysfs: Sysfs, state_dir: Path) -> Backend:
-    if cfg.backend == "team":
-        if not dbus_library():
-            raise SystemRefused(
-                "agent.backend = team drives teamd over D-Bus, and no D-Bus library "
-                "(python3-dbus-fast) is installed"
-            )
-        from guestfail.backends.team import TeamBackend
-
-        return TeamBackend(cfg, nl, state_dir)
-    return BondBackend(cfg, nl, sysfs)
-
-
-def networkmanager_wanted(cfg: Config) -> bool:
-    # a team profile in NetworkManager would start a teamd of its own
-    return cfg.networkmanager == "auto" and cfg.backend == "bond"
 
 
 def status_line(doc: dict[str, Any]) -> str:
@@ -101,7 +85,8 @@ class Daemon:
         self._event_ns: dict[int, int] = {}  # ifindex -> when its last link event was read
         self._added: dict[int, int] = {}  # ifindex -> when udev announced it (monotonic ns)
         self._teamd: Optional[PidWatch] = None  # each team master's teamd
-        self._watcher: Any = None  # guestfail.dbus_api.NameWatcher
+        self._watcher: Any = None  # guestfail.system.dbus's NameWatcher
+        self._bus_waiter: Optional[asyncio.Future[None]] = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         # one thread per kind of work, each with its own netlink socket: a
         # long reconciliation never delays a switch
@@ -136,6 +121,9 @@ class Daemon:
                 integrations.append(self.networkmanager)
             else:
                 log.warning("%s", why_not)
+        # the network configurations that name the standby follow the name
+        # its master takes (systemd-networkd's .network files, ifupdown's dhclient)
+        integrations += [NetworkdIntegration(), IfupdownIntegration()]
         if cfg.backend == "team":
             from guestfail.backends.team import TeamBackend, TeamdSupervision
 
@@ -194,12 +182,17 @@ class Daemon:
         if self.use_dbus:
             await self._start_dbus()
         await self._watch_networkmanager()
+        if events and not inotify.system_bus_up() and dbus_library():
+            # at boot the daemon runs before the system bus exists
+            self._bus_waiter = asyncio.ensure_future(self._when_bus_appears())
         self.reconciling.start()
         self.request_reconcile("start")
         await self.reconciling.wait(0)  # the first run
 
     async def shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._bus_waiter is not None:
+            self._bus_waiter.cancel()
         # node_exporter: guestfail_up 0 from now on (the pairs stay as they are)
         self.metrics.write(self.cfg.metrics.textfile, self.status(), up=False)
         self.reconciling.close()
@@ -242,9 +235,26 @@ class Daemon:
         log.info("configuration reloaded from %s", new.source)
         self.request_reconcile("configuration reloaded")
 
+    async def _when_bus_appears(self) -> None:
+        """Connect what needs the system bus once its socket exists, and
+        reconcile (the team backend's teamd and the integrations that ask
+        systemd need the bus too)."""
+        path = inotify.system_bus_socket()
+        if path is not None:
+            await inotify.wait_for_path(path)
+        log.info("the system bus is up")
+        if self.use_dbus and self.dbus is None:
+            await self._start_dbus()
+        if self._watcher is None:
+            await self._watch_networkmanager()
+        self.request_reconcile("system bus up")
+
     async def _start_dbus(self) -> None:
         if not dbus_library():
             log.warning("no D-Bus API: no D-Bus library (python3-dbus-fast) is installed")
+            return
+        if not inotify.system_bus_up():
+            log.info("no system bus yet: the D-Bus API comes up with it")
             return
         try:
             from guestfail.agent.server import DBusService
@@ -331,6 +341,8 @@ class Daemon:
         # links with an event read after this snapshot was begun: the event
         # is the newer truth (an older snapshot must not undo it)
         fresher = frozenset(i for i, t in self._event_ns.items() if t >= out.observed_ns)
+        for i in [i for i, t in self._event_ns.items() if i not in snap.links and t < out.observed_ns]:
+            del self._event_ns[i]  # gone before this snapshot (its deletion lost in an overrun)
         old_keys = set(self.pairs)
         seen = set()
         for p in result.pairings:

@@ -3,12 +3,12 @@
 One pass reads top to bottom, as nmstate's `netapplier.apply()` does:
 
     observe  -> one snapshot of links, addresses, routes, sysfs, udev
-    match    -> pairings, refusals, kernel-managed pairs (guestfail.match)
+    match    -> pairings, refusals, kernel-managed pairs (guestfail.core.match)
     plan     -> per pair, the steps from the snapshot to the spec
-                (guestfail.plan), masters that serve no pair undone
+                (guestfail.core.plan), masters that serve no pair undone
     journal  -> before a pair's first step, what it must give back
-                (guestfail.journal)
-    apply    -> the executor runs the steps (guestfail.apply)
+                (guestfail.core.journal, kept by guestfail.system.files)
+    apply    -> the executor runs the steps (guestfail.agent.executor)
     verify   -> the next pass observes again; a pass that plans nothing is
                 the verification, and clears the journal of the pairs it saw
                 complete
@@ -326,9 +326,12 @@ class Reconciler:
         for idx in (plan.spec.standby, plan.spec.primary):
             if idx is None:
                 continue
-            link = self.nl.get_link(idx)
-            if link is not None:
-                self.sysfs.trigger_change(link.name)
+            try:  # runs in a finally: must not hide the error that got there
+                link = self.nl.get_link(idx)
+                if link is not None:
+                    self.sysfs.trigger_change(link.name)
+            except (GuestfailError, OSError) as e:
+                log.warning("udev not asked to mark member %d again: %s", idx, e)
 
     def _write_claims(self, snap: Snapshot, result: MatchResult) -> None:
         """Tell the udev rule which devices guestfail will take, so they are
@@ -426,13 +429,21 @@ class Scheduler:
                 log.exception("reconciliation failed")
                 self._again("reconciliation failed")
             else:
-                self.apply(out)
-                if out.errors or not out.verified:
-                    what = "; ".join(f"{k}: {e}" for k, e in sorted(out.errors.items())) or "not verified"
-                    self._again(what)
+                try:
+                    self.apply(out)
+                except Exception:  # a bug; the scheduler must outlive it
+                    log.exception("taking the reconciliation's outcome failed")
+                    self._again("taking the outcome failed")
                 else:
-                    self.failures = 0
-                    self.retry_in = None
+                    if out.errors or not out.verified:
+                        what = "; ".join(f"{k}: {e}" for k, e in sorted(out.errors.items())) or "not verified"
+                        self._again(what)
+                    else:
+                        self.failures = 0
+                        self.retry_in = None
+                        if self._retry is not None:  # a run that was due is not needed any more
+                            self._retry.cancel()
+                            self._retry = None
             self.runs += 1
             self._done.set()
 

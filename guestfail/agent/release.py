@@ -1,7 +1,7 @@
 """`guestfail release`: dissolve pairs, as the package does on removal.
 
 Each master goes, its standby gets back its own name, comes up, and gets the
-master's addresses and routes (guestfail.plan.plan_release).  Before the
+master's addresses and routes (guestfail.core.undo.plan_release).  Before the
 first step the journal records what the standby must get back, so a release
 killed at any step is finished by the next one: a master already deleted is
 found again through its journal entry, by its standby's key.

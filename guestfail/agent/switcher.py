@@ -409,8 +409,14 @@ class Switcher:
         done, _ = await asyncio.wait({fut}, timeout=timeout)
         if not done:
 
-            def late(_f: asyncio.Future[tuple[Optional[int], int]]) -> None:
+            def late(answer: asyncio.Future[tuple[Optional[int], int]]) -> None:
                 f.go(State.STEADY, f"late answer to {why}")
+                if not answer.cancelled() and answer.exception() is None:
+                    confirmed, sent_ns = answer.result()
+                    rec.active = confirmed
+                    if confirmed == sby and frm != sby:  # it did switch, late: on record before the way back
+                        lat = (now_ns() - t0) / 1e6
+                        self._record(rec, frm, sby, why, lat, "guestfail", (sent_ns - t0) / 1e6)
                 self.undrain(rec, f"{why} timed out after {timeout:g} s")
 
             fut.add_done_callback(late)

@@ -197,8 +197,10 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from guestfail.agent.release import release
     from guestfail.cli import status
     from guestfail.core.records import STATE_FILE
+    from guestfail.integrations import ifupdown
     from guestfail.system.files import read
     from guestfail.system.netlink import Netlink
+    from guestfail.system.observe import assemble
     from guestfail.system.sysfs import Sysfs
 
     if not args.all and not args.pairs:
@@ -209,9 +211,16 @@ def cmd_release(cfg: config_mod.Config, args: argparse.Namespace) -> int:
             raise SystemRefused("the daemon is running and would pair again: stop guestfail.service first")
     nl = Netlink()
     try:
-        released = release(cfg, nl, Sysfs(), None if args.all else list(args.pairs))
+        sysfs = Sysfs()
+        released = release(cfg, nl, sysfs, None if args.all else list(args.pairs))
+        # the standbys have their names back: ifupdown's DHCP clients follow them
+        back = {
+            x.name: x.ifindex for x in assemble(nl.dump(), sysfs).links.values() if x.name in set(released)
+        }
     finally:
         nl.close()
+    for line in ifupdown.follow(back, ifupdown.bus_client):
+        print(line)
     _forget_nm_profiles(set(released))
     return Exit.OK
 

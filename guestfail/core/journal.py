@@ -11,7 +11,7 @@ profile).  Taking a link down makes the kernel drop its IPv6 addresses and
 its routes at once, so without this record a crash between "set down" and
 "move the addresses" loses them for good.
 
-After a restart the plan (guestfail.plan) puts everything the entry lists on
+After a restart the plan (guestfail.core.plan) puts everything the entry lists on
 the pair's master (or, on `release`, back on the standby); the entry is
 removed once a pass verifies that.  An entry names the master it is
 creating, so a master left unmarked by a crash between "create" and "mark" is

@@ -3,7 +3,7 @@ build or repair its master.
 
 Pure.  `spec_for()` decides what a pair should look like (names, MAC, MTU,
 bond options); `plan_pair()` lists the steps from what is there to that, and
-nothing when it is already so.  The executor (`guestfail.apply`) runs the
+nothing when it is already so.  The executor (`guestfail.agent.executor`) runs the
 steps; the daemon then observes again and plans again, which must give no
 steps: that is the verification.
 
@@ -11,6 +11,7 @@ steps: that is the verification.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -184,6 +185,42 @@ def _on(link: Link, addresses: tuple[Address, ...]) -> set[tuple[int, str, int]]
     return {a.key for a in addresses} & have
 
 
+#: IFA_F_NOPREFIXROUTE: an address without the kernel's prefix route (what
+#: NetworkManager adds, to set the prefix route's metric itself)
+IFA_F_NOPREFIXROUTE = 0x200
+RTNH_F_ONLINK = 0x4
+AF_INET = 2
+
+
+def gateway_reachable(r: Route, target: Optional[Link], adding: tuple[Address, ...], snap: Snapshot) -> bool:
+    """Would the kernel take `r` out of `target` now (its IPv4 gateway on a
+    connected network there: a prefix route of an address, or a link route),
+    with `adding` added first?  Not when something else holds the target's
+    addresses without their prefix routes (NetworkManager activating its
+    profile on the master): the route then waits, instead of failing every
+    reconciliation with ENETUNREACH."""
+    if r.family != AF_INET or not r.gateway or r.nexthops or r.flags & RTNH_F_ONLINK:
+        return True
+    gw = ipaddress.ip_address(r.gateway)
+
+    def covers(address: str, prefixlen: int) -> bool:
+        return gw in ipaddress.ip_network(f"{address}/{prefixlen}", strict=False)
+
+    held = target.addresses if target is not None else ()
+    # an address the target holds already is not added again (EEXIST): it
+    # keeps the flags it has there
+    added = tuple(a for a in adding if a.key not in {h.key for h in held})
+    if any(
+        a.family == AF_INET and not a.flags & IFA_F_NOPREFIXROUTE and covers(a.address, a.prefixlen)
+        for a in (*added, *held)
+    ):
+        return True
+    return target is not None and any(
+        x.family == AF_INET and not x.gateway and x.dst and covers(x.dst, x.dst_len)
+        for x in snap.routes_via(target.ifindex)
+    )
+
+
 def missing_routes(routes: tuple[Route, ...], target: int, snap: Snapshot) -> tuple[Route, ...]:
     """Journal routes the target does not carry yet."""
     present = {r.key for r in snap.routes_via(target)}
@@ -297,6 +334,9 @@ def plan_pair(
     # 4. the master comes up, the standby's addresses follow it
     if not m_up:
         steps.append(SetUp(mref))
+    # a route whose gateway the master cannot reach now waits (stays where
+    # it is) rather than failing the pair: the VF still joins
+    routes = tuple(r for r in routes if gateway_reachable(r, master, moving, snap))
     if moving or routes:
         steps.append(MoveAddresses(sby.ifindex, mref, moving, routes))
 

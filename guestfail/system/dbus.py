@@ -4,9 +4,10 @@ changes of well-known names (`NameWatcher`).  Nothing here knows guestfail's
 own API (guestfail.agent.server) or the services it talks to
 (guestfail.integrations.nmclient, guestfail.backends.team).
 
-Importing this module needs a D-Bus library; the rest of guestfail imports
-it only where D-Bus is wanted, so the bond backend, `status`, `check-config`
-and `release` work without one.
+Without a D-Bus library this module still imports (the bond backend,
+`status`, `check-config` and `release` work without one), and every call
+raises `BusError` saying the library is missing.  The rest of guestfail
+imports it only where D-Bus is wanted: the library's import costs start-up.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ try:
     from dbus_fast import BusType, Message, MessageType, Variant
     from dbus_fast.aio import MessageBus
 except ImportError:  # pragma: no cover - the fallback for older distributions
-    from dbus_next import BusType, Message, MessageType, Variant  # type: ignore[no-redef]
-    from dbus_next.aio import MessageBus  # type: ignore[no-redef]
+    try:
+        from dbus_next import BusType, Message, MessageType, Variant  # type: ignore[no-redef]
+        from dbus_next.aio import MessageBus  # type: ignore[no-redef]
+    except ImportError:
+        MessageBus = None  # type: ignore[assignment,misc]
+
+NO_LIBRARY = "no D-Bus library (python3-dbus-fast) is installed"
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,11 @@ class BusError(SystemRefused):
     def __init__(self, message: str, name: str = "") -> None:
         super().__init__(message)
         self.name = name
+
+
+def _need_library(what: str) -> None:
+    if MessageBus is None:
+        raise BusError(f"{what}: {NO_LIBRARY}")
 
 
 class BusClient:
@@ -86,6 +97,8 @@ class BusClient:
         body: Optional[list[Any]] = None,
         what: str = "",
     ) -> list[Any]:
+        what = what or f"{destination} {member}"
+        _need_library(what)
         msg = Message(
             destination=destination,
             path=path,
@@ -94,8 +107,57 @@ class BusClient:
             signature=signature,
             body=body or [],
         )
-        result: list[Any] = self._run(self._call(msg, what or f"{destination} {member}"))
+        result: list[Any] = self._run(self._call(msg, what))
         return result
+
+    def start_transient_unit(self, unit: str, properties: list[tuple[str, str, Any]]) -> None:
+        """systemd runs a transient unit (properties: (name, signature, value))."""
+        _need_library(f"start {unit}")
+        props = [(k, Variant(sig, v)) for k, sig, v in properties]
+        self.call(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            [unit, "replace", props, []],
+            f"start {unit}",
+        )
+
+    def unit_state(self, unit: str) -> Optional[str]:
+        """A unit's ActiveState ("active", "deactivating", "inactive", ...),
+        None if systemd has not loaded it (it did not run in this boot)."""
+        try:
+            (path,) = self.call(
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "GetUnit",
+                "s",
+                [unit],
+                f"get {unit}",
+            )
+        except BusError as e:
+            if e.name == "org.freedesktop.systemd1.NoSuchUnit":
+                return None
+            raise
+        return str(
+            self.get_property(
+                "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "ActiveState"
+            )
+        )
+
+    def restart_unit(self, unit: str) -> None:
+        """systemctl restart, without waiting for the job."""
+        self.call(
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "RestartUnit",
+            "ss",
+            [unit, "replace"],
+            f"restart {unit}",
+        )
 
     def get_property(self, destination: str, path: str, interface: str, name: str) -> Any:
         (value,) = self.call(
@@ -106,6 +168,7 @@ class BusClient:
     def set_property(
         self, destination: str, path: str, interface: str, name: str, sig: str, value: Any
     ) -> None:
+        _need_library(f"{destination} set {name}")
         self.call(
             destination,
             path,
@@ -152,6 +215,7 @@ class NameWatcher:
         self.bus: Any = None
 
     async def start(self) -> None:
+        _need_library(f"watching {', '.join(self.names)}")
         self.bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
         for name in self.names:
             rule = (

@@ -18,6 +18,9 @@ from guestfail.system.rtnl import parse_link, split_messages
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTMGRP_LINK = 0x1
+# a datagram holds one message or a few (a link's message is a few KiB; a
+# PF's with its VFs' list can be tens of KiB)
+RECV_BYTES = 1 << 17
 NLMSG_OVERRUN = 4
 
 
@@ -64,7 +67,7 @@ class LinkMonitor:
         lost = ""
         while True:
             try:
-                data = self.sock.recv(1 << 16)
+                data, _anc, flags, _addr = self.sock.recvmsg(RECV_BYTES)
             except BlockingIOError:
                 return Batch(out, lost)
             except OSError as e:
@@ -75,6 +78,8 @@ class LinkMonitor:
                     continue
                 raise
             t = now_ns()
+            if flags & socket.MSG_TRUNC:  # longer than the buffer: the cut message is read again
+                lost = f"a netlink message longer than {RECV_BYTES} bytes"
             for typ, chunk in split_messages(data):
                 if typ in (RTM_NEWLINK, RTM_DELLINK):
                     msg = ifinfmsg(chunk)

@@ -1,17 +1,18 @@
-"""rtnetlink: the only module that talks to the kernel's link layer.
+"""rtnetlink: the module that changes the kernel's links, addresses and
+routes (link events: guestfail.system.linkevents).
 
-* `parse_link`, `parse_addr`, `parse_route`: pyroute2 messages -> model
-  objects (pure; unit tests replay recorded dumps through them).
+* `parse_link`, `parse_addr`, `parse_route` (from guestfail.system.rtnl):
+  pyroute2 messages -> model objects (pure; unit tests replay recorded dumps
+  through them).
 * `Netlink`: dumps, reads and the switch path's requests through a small
   socket of its own (guestfail.system.nlsock), other changes through
   pyroute2's `IPRoute` (0.6.4 as in Ubuntu 22.04, 0.7.2 as in Debian 12, and
   0.9.x), imported only when one is made.  pyroute2 0.9's synchronous IPRoute runs its own
   event loop and must not be used inside a running one, so the daemon calls
-  these methods from one worker thread (`guestfail.daemon`).
-* `LinkMonitor`: link events from a plain non-blocking netlink socket the
-  daemon's event loop watches; messages are decoded with pyroute2's parser.
-  A full socket buffer (ENOBUFS) means events were lost: the batch says so,
-  after the events read before it, and the daemon resyncs.
+  these methods from worker threads (`guestfail.agent.daemon`).
+
+Link events come from `guestfail.system.linkevents`; the messages' parsing
+is `guestfail.system.rtnl`'s.
 """
 
 from __future__ import annotations

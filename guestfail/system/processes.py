@@ -112,6 +112,10 @@ class PidWatch:
         """Follow `pid` under `name`; False if it is gone already."""
         if self.watched.get(name, (None, None))[0] == pid:
             return True
+        old = self.watched.pop(name, None)
+        if old is not None:  # a new process under that name: the old one is not followed any more
+            self.loop.remove_reader(old[1])
+            os.close(old[1])
         fd = pidfd(pid)
         if fd is None:
             return False
@@ -122,7 +126,8 @@ class PidWatch:
     def _fired(self, name: str, fd: int) -> None:
         self.loop.remove_reader(fd)
         os.close(fd)
-        self.watched.pop(name, None)
+        if self.watched.get(name, (None, None))[1] == fd:
+            self.watched.pop(name)
         self.exited(name)
 
     def close(self) -> None:
@@ -130,3 +135,35 @@ class PidWatch:
             self.loop.remove_reader(fd)
             os.close(fd)
         self.watched.clear()
+
+
+def find_by_name(comm: str, proc: Path = Path("/proc")) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process whose command name is `comm`."""
+    out = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != comm:
+                continue
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:  # gone, or hidden
+            continue
+        argv = [a.decode(errors="surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+        if argv:
+            out.append((int(entry.name), argv))
+    return out
+
+
+def cgroup(pid: int, proc: Path = Path("/proc")) -> str:
+    """/proc/<pid>/cgroup ("" if gone)."""
+    try:
+        return (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return ""
+
+
+def kill(pid: int) -> None:
+    """SIGKILL: the process gets no chance to clean up (on purpose)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

@@ -9,14 +9,26 @@ accepted it), then enables guestfail.service and starts it, or restarts it
 when the configuration changed.
 
 Installed where cloud-init imports config modules from
-(``cloudinit/config/cc_guestfail.py``) and listed in ``cloud_config_modules``
-by /etc/cloud/cloud.cfg.d/90_guestfail.cfg.
+(``cloudinit/config/cc_guestfail.py``) by the package guestfail-cloud-init,
+and run by its unit guestfail-cloud-init.service (``cloud-init single --name
+guestfail``, once per instance, after cloud-init's config stage): no module
+list in /etc/cloud is changed, so an image's own lists stay as they are.
 
-cloud-init 22.4 has no way to add a third-party module's keys to its own
-schema: ``cloud-init schema`` neither knows nor checks the ``guestfail`` key
-(22.4 lets unknown top-level keys pass).  This module checks it with
-cloud-init's validator and fails with a message naming the key, and can be
-run by hand to check a file before it is used::
+Which cloud-init versions take the key where (``cloud-init status`` stays
+"done", never "degraded", in each case):
+
+* 22.4 to 23.3: in user-data.  cloud-init lets unknown top-level keys pass;
+  this module checks the key itself with cloud-init's validator.
+* 23.4 and later: cloud-init's schema refuses unknown top-level keys in
+  user-data and reports the instance degraded, and there is no supported
+  way for a third-party module to extend that schema.  Put the key in
+  vendor-data or in /etc/cloud/cloud.cfg.d/ (neither is checked against the
+  schema at boot), or write the file with ``write_files`` and restart the
+  service with ``runcmd`` (see guestfail(8), CLOUD-INIT).
+
+``handle`` has the signature the running cloud-init expects: (name, cfg,
+cloud, args) from 23.2, which deprecated the ``log`` argument; (name, cfg,
+cloud, log, args) before.  The module can be run by hand to check a file::
 
     python3 -m cloudinit.config.cc_guestfail user-data.yaml
     python3 -m cloudinit.config.cc_guestfail --render user-data.yaml
@@ -25,13 +37,14 @@ run by hand to check a file before it is used::
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Optional
 
-from cloudinit import safeyaml, subp, util
+import yaml
+from cloudinit import subp, util, version
 from cloudinit.config import schema as ci_schema
 from cloudinit.distros import ALL_DISTROS
 from cloudinit.settings import PER_INSTANCE
@@ -305,10 +318,23 @@ meta: ci_schema.MetaSchema = {
     "activate_by_schema_keys": [KEY],
 }
 
-try:  # the docs `cloud-init schema --docs` shows; a nicety the module works without
-    __doc__ = ci_schema.get_meta_doc(meta, copy.deepcopy(SCHEMA))
-except Exception:
-    LOG.debug("cc_guestfail: no generated documentation", exc_info=True)
+
+def cloud_init_version(text: Optional[str] = None) -> tuple[int, ...]:
+    """cloud-init's version as numbers, e.g. (22, 4, 2); () if unreadable."""
+    raw = version.version_string() if text is None else text
+    out = []
+    for part in raw.split("-")[0].split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+#: from this cloud-init on, handle() has no `log` argument (23.2 deprecated it)
+HANDLE_WITHOUT_LOG = (23, 2)
+#: from this cloud-init on, unknown top-level user-data keys make it degraded
+SCHEMA_REFUSES_UNKNOWN_KEYS = (23, 4)
 
 
 # ---------------------------------------------------------------- validate
@@ -425,13 +451,27 @@ def start_service(distro: Any, changed: bool) -> None:
     distro.manage_service("restart" if changed else "start", SERVICE)
 
 
-def handle(name: str, cfg: dict[str, Any], cloud: Cloud, log: Any, args: list[str]) -> None:
+def apply(name: str, cfg: dict[str, Any], cloud: Cloud) -> None:
+    """What the module does, whatever cloud-init calls it with."""
     if KEY not in cfg:
         LOG.debug("Skipping module named %s, no '%s' key in configuration", name, KEY)
         return
     validate(cfg)
     changed = install_config(render(cfg[KEY]))
     start_service(cloud.distro, changed)
+
+
+if cloud_init_version() >= HANDLE_WITHOUT_LOG:
+
+    def handle(name: str, cfg: dict[str, Any], cloud: Cloud, args: list[str]) -> None:
+        apply(name, cfg, cloud)
+
+else:  # cloud-init 22.4 to 23.1 call handle(name, cfg, cloud, log, args)
+
+    def handle(  # type: ignore[misc]
+        name: str, cfg: dict[str, Any], cloud: Cloud, log: Any, args: list[str]
+    ) -> None:
+        apply(name, cfg, cloud)
 
 
 # ---------------------------------------------------------------- command line
@@ -461,7 +501,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             status = 1
             continue
         try:
-            doc = safeyaml.load(content)
+            doc = yaml.safe_load(content)
         except Exception as e:  # whatever the YAML loader raises
             print(f"{path}: not valid YAML: {e}", file=sys.stderr)
             status = 1

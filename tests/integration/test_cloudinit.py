@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import shutil
 import stat
 import sys
 from dataclasses import dataclass
@@ -456,30 +455,23 @@ def dataclass_equal_defaults(path: Path) -> bool:
     return dataclasses.replace(gf_config.parse(path.read_text()), source="") == gf_config.Config()
 
 
-# ---------------------------------------------------------------- module list
+# ---------------------------------------------------------------- how cloud-init runs it
 
 
-def test_dropin_puts_guestfail_in_front_of_debians_config_modules(tmp_path: Path) -> None:
-    system_cfg = Path("/etc/cloud/cloud.cfg")
-    if not system_cfg.exists():
-        pytest.skip("no /etc/cloud/cloud.cfg (cloud-init not installed)")
-    etc = tmp_path / "cloud"
-    (etc / "cloud.cfg.d").mkdir(parents=True)
-    shutil.copy(system_cfg, etc / "cloud.cfg")
-    for f in Path("/etc/cloud/cloud.cfg.d").glob("*.cfg"):
-        if f.name != "90_guestfail.cfg":
-            shutil.copy(f, etc / "cloud.cfg.d" / f.name)
-    code = """
-import json, sys
-from cloudinit import util
-print(json.dumps(util.read_conf_with_confd(sys.argv[1]).get("cloud_config_modules")))
-"""
-    stock = debian_python(code, str(etc / "cloud.cfg"))
-    shutil.copy(MODULE_DIR / "90_guestfail.cfg", etc / "cloud.cfg.d" / "90_guestfail.cfg")
-    merged = debian_python(code, str(etc / "cloud.cfg"))
-    # cloud.cfg.d lists replace, so the drop-in must restate the list: it
-    # must be this cloud-init's list with guestfail in front, nothing lost
-    assert merged == ["guestfail", *stock], "update 90_guestfail.cfg to this cloud-init's module list"
+def test_unit_runs_the_module_once_per_instance_after_the_config_stage() -> None:
+    """guestfail-cloud-init.service runs the module with `cloud-init single`:
+    no module list in /etc/cloud is replaced (a cloud.cfg.d list would)."""
+    unit = (MODULE_DIR / "guestfail-cloud-init.service").read_text()
+    assert "ExecStart=/usr/bin/cloud-init single --name guestfail --frequency instance" in unit
+    assert "After=cloud-config.service" in unit and "Before=cloud-final.service" in unit
+    assert "WantedBy=cloud-init.target" in unit
+    assert not list(MODULE_DIR.glob("*.cfg")), "no cloud.cfg.d drop-in: it would replace the image's list"
+
+
+def test_single_runs_the_module_from_the_instance_user_data(harness: Harness) -> None:
+    r = harness.run(GOOD_USER_DATA)  # Modules.run_single, what `cloud-init single` does
+    assert r.failures == [] and r.which_ran == ["guestfail"]
+    assert r.systemctl == [["enable", "guestfail.service"], ["restart", "guestfail.service"]]
 
 
 def test_module_parses_as_python39() -> None:

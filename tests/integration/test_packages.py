@@ -43,8 +43,6 @@ DEB_FILES = [
     "/lib/udev/rules.d/81-guestfail.rules",
     "/lib/systemd/network/05-guestfail-members.network",
     "/usr/share/dbus-1/system.d/io.github.guestfail1.conf",
-    "/usr/lib/python3/dist-packages/cloudinit/config/cc_guestfail.py",
-    "/etc/cloud/cloud.cfg.d/90_guestfail.cfg",
     "/usr/share/man/man8/guestfail.8.gz",
     "/usr/share/doc/guestfail/examples/guestfail.toml",
     "/usr/share/doc/guestfail/copyright",
@@ -52,6 +50,13 @@ DEB_FILES = [
     "/usr/share/zsh/vendor-completions/_guestfail",
 ]
 
+# guestfail-cloud-init: the module and the unit that runs it; no file in
+# /etc/cloud (cloud-init's module lists stay the image's own)
+DEB_CLOUD_INIT_FILES = [
+    "/usr/lib/python3/dist-packages/cloudinit/config/cc_guestfail.py",
+    "/lib/systemd/system/guestfail-cloud-init.service",
+    "/usr/share/doc/guestfail-cloud-init/copyright",
+]
 
 # the packaged copy of each file in the tree
 SHIPPED = {
@@ -59,10 +64,13 @@ SHIPPED = {
     "udev-rules/81-guestfail.rules": "81-guestfail.rules",
     "packaging/networkd/05-guestfail-members.network": "05-guestfail-members.network",
     "packaging/dbus/io.github.guestfail1.conf": "io.github.guestfail1.conf",
-    "packaging/cloud-init/cc_guestfail.py": "cc_guestfail.py",
     "packaging/examples/guestfail.toml": "guestfail.toml",
     "packaging/completions/guestfail": "completions/guestfail",
     "packaging/completions/_guestfail": "_guestfail",
+}
+SHIPPED_CLOUD_INIT = {
+    "packaging/cloud-init/cc_guestfail.py": "cc_guestfail.py",
+    "packaging/cloud-init/guestfail-cloud-init.service": "guestfail-cloud-init.service",
 }
 
 # ---------------------------------------------------------------- versions (fast)
@@ -98,20 +106,31 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
+def debs() -> Built:
     need_tool("dpkg-buildpackage", "dpkg-dev")
     need_tool("dh", "debhelper")
     need_tool("pybuild", "dh-python")
     proc = run([str(PACKAGING / "build-deb")], env=system_env())
-    built = Built([Path(x) for x in proc.stdout.split()])
-    return built.one(rf"guestfail_{re.escape(__version__)}_all\.deb")
+    return Built([Path(x) for x in proc.stdout.split()])
+
+
+@pytest.fixture(scope="module")
+def deb(debs: Built) -> Path:
+    return debs.one(rf"guestfail_{re.escape(__version__)}_all\.deb")
+
+
+@pytest.fixture(scope="module")
+def deb_cloud_init(debs: Built) -> Path:
+    return debs.one(rf"guestfail-cloud-init_{re.escape(__version__)}_all\.deb")
 
 
 @pytest.mark.packaging
-def test_deb_is_lintian_clean(deb: Path) -> None:
+def test_deb_is_lintian_clean(deb: Path, deb_cloud_init: Path) -> None:
     lintian = need_tool("lintian", "lintian")
     proc = run(
-        [lintian, "--fail-on", "error,warning", "--display-info", str(deb)], env=system_env(), check=False
+        [lintian, "--fail-on", "error,warning", "--display-info", str(deb), str(deb_cloud_init)],
+        env=system_env(),
+        check=False,
     )
     tags = [x for x in proc.stdout.splitlines() if re.match(r"^[EW]: ", x)]
     assert tags == []
@@ -132,6 +151,30 @@ def test_deb_contents(deb: Path, tmp_path: Path) -> None:
         assert (root / dest.lstrip("/")).read_bytes() == (PACKAGING.parent / src).read_bytes(), src
     assert (root / "usr/bin/guestfail").stat().st_mode & 0o111
     assert (root / "usr/bin/guestfail").read_text().startswith("#!/usr/bin/python3\n")
+    assert not [p for p in paths if "cloud" in p], "cloud-init's files belong to guestfail-cloud-init"
+
+
+@pytest.mark.packaging
+def test_deb_cloud_init_package(deb_cloud_init: Path, tmp_path: Path) -> None:
+    listing = run(["dpkg-deb", "-c", str(deb_cloud_init)], env=system_env()).stdout
+    paths = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+    assert [f for f in DEB_CLOUD_INIT_FILES if f not in paths] == []
+    assert not [p for p in paths if p.startswith("/etc/")], "no conffile: the module lists stay the image's"
+    root = tmp_path / "root"
+    run(["dpkg-deb", "-x", str(deb_cloud_init), str(root)], env=system_env())
+    for src, name in SHIPPED_CLOUD_INIT.items():
+        (dest,) = [p for p in DEB_CLOUD_INIT_FILES if p.endswith("/" + name)]
+        assert (root / dest.lstrip("/")).read_bytes() == (PACKAGING.parent / src).read_bytes(), src
+    fields = run(["dpkg-deb", "-f", str(deb_cloud_init)], env=system_env()).stdout
+    field = dict(re.findall(r"^(\S+): (.*(?:\n .*)*)", fields, re.MULTILINE))
+    depends = [d.strip() for d in field["Depends"].split(",")]
+    assert f"guestfail (= {__version__})" in depends and "cloud-init" in depends, depends
+    control = tmp_path / "DEBIAN"
+    run(["dpkg-deb", "-e", str(deb_cloud_init), str(control)], env=system_env())
+    postinst = (control / "postinst").read_text()
+    # enabled (cloud-init.target wants it), never started by the installation
+    assert "deb-systemd-helper enable 'guestfail-cloud-init.service'" in postinst
+    assert "deb-systemd-invoke" not in postinst
 
 
 @pytest.mark.packaging
@@ -167,7 +210,10 @@ def test_deb_maintainer_scripts(deb: Path, tmp_path: Path) -> None:
     assert "deb-systemd-helper purge 'guestfail.service'" in postrm
     for script in ("postinst", "prerm", "postrm"):
         run(["sh", "-n", str(control / script)])
-    assert (control / "conffiles").read_text().split() == ["/etc/cloud/cloud.cfg.d/90_guestfail.cfg"]
+    assert not (control / "conffiles").exists()
+    # 0.1.0's cloud.cfg.d drop-in (it replaced the image's module list) goes on upgrade
+    preinst = (control / "preinst").read_text()
+    assert "rm_conffile /etc/cloud/cloud.cfg.d/90_guestfail.cfg 0.1.1" in preinst
 
 
 def stage_root(tree: Path) -> Path:
@@ -199,9 +245,10 @@ def as_installed(stage: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def deb_root(deb: Path, tmp_path: Path) -> Path:
+def deb_root(deb: Path, deb_cloud_init: Path, tmp_path: Path) -> Path:
     root = tmp_path / "root"
-    run(["dpkg-deb", "-x", str(deb), str(root)], env=system_env())
+    for d in (deb, deb_cloud_init):
+        run(["dpkg-deb", "-x", str(d), str(root)], env=system_env())
     return stage_root(root)
 
 
@@ -211,6 +258,13 @@ def test_deb_unit_verifies_as_installed(deb_root: Path) -> None:
     proc = as_installed(deb_root, "systemd-analyze", "verify", "guestfail.service")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+    # with cloud-init's own units (installed here): no ordering cycle, the
+    # module's unit verifies too
+    if Path("/lib/systemd/system/cloud-init.service").exists():
+        units = ["guestfail.service", "guestfail-cloud-init.service", "cloud-init.target"]
+        proc = as_installed(deb_root, "systemd-analyze", "verify", *units)
+        assert proc.returncode == 0, proc.stderr
+        assert "cycle" not in proc.stderr and "deleted to break" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.packaging
@@ -278,7 +332,7 @@ RPM_FILES = {
     "guestfail-cloud-init": [
         "/usr/lib/python3.*/site-packages/cloudinit/config/cc_guestfail.py",
         "/usr/lib/python3.*/site-packages/cloudinit/config/__pycache__/cc_guestfail.cpython-.*.pyc",
-        "/usr/share/doc/guestfail/examples/cloud.cfg.d/90_guestfail.cfg",
+        "/usr/lib/systemd/system/guestfail-cloud-init.service",
     ],
 }
 

@@ -131,6 +131,9 @@ def test_a_prepare_unplug_that_times_out_is_undone_when_the_kernel_answers(tmp_p
             await reconciled(d, n)  # the undoing asks for a reconciliation
             assert not rec.drained and d.switcher.flight(rec).state.value == "steady"
             assert primary_of(w) == w.link("ens11npf").ifindex
+            # the late switch to the standby is on record, before the way back
+            moves = [(s.frm, s.to, s.reason) for s in rec.history]
+            assert ("ens11npf", "ens11nsby", "prepare-unplug") in moves, moves
 
     asyncio.run(go())
 

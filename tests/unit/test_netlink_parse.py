@@ -3,6 +3,7 @@ replayed through pyroute2's parser and guestfail's."""
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
@@ -106,14 +107,16 @@ class _Socket:
     def __init__(self, *replies: object) -> None:
         self.replies = list(replies)
 
-    def recv(self, _size: int) -> bytes:
+    def recvmsg(self, size: int) -> tuple[bytes, list[object], int, object]:
+        """As the kernel answers: a datagram longer than `size` is cut, and
+        says so in the flags (MSG_TRUNC)."""
         if not self.replies:
             raise BlockingIOError
         r = self.replies.pop(0)
         if isinstance(r, OSError):
             raise r
         assert isinstance(r, bytes)
-        return r
+        return r[:size], [], socket.MSG_TRUNC if len(r) > size else 0, None
 
 
 def test_an_overrun_keeps_the_events_read_before_and_after_it() -> None:
@@ -130,3 +133,19 @@ def test_an_overrun_keeps_the_events_read_before_and_after_it() -> None:
     per_dump = len([t for t, _ in split_messages(raw) if t == 16])
     assert len(batch.events) == 2 * per_dump and batch.lost == "netlink socket overrun"
     assert all(ev.t_ns == 7 for ev in batch.events)
+
+
+def test_a_message_longer_than_the_buffer_is_a_loss_not_a_silent_cut() -> None:
+    """A datagram longer than the monitor's buffer arrives cut: the complete
+    messages before the cut are events, and the batch says one was lost, so
+    the daemon reads the links again."""
+    from guestfail.system.linkevents import RECV_BYTES, LinkMonitor
+
+    raw = (DATA / "vf-down.link.bin").read_bytes()
+    messages = [c for t, c in split_messages(raw) if t == 16]
+    mon = LinkMonitor.__new__(LinkMonitor)
+    filler = messages[0] * (RECV_BYTES // len(messages[0]) + 1)  # complete messages, then one cut
+    mon.sock = _Socket(filler)  # type: ignore[assignment]
+    batch = mon.read(lambda: 7)
+    assert len(batch.events) == RECV_BYTES // len(messages[0])
+    assert batch.lost.startswith("a netlink message longer than")

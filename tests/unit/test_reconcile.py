@@ -5,6 +5,7 @@ run, after a crash at any step and a restart, after a config change."""
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -184,6 +185,38 @@ def test_a_crash_at_any_step_of_pairing_with_the_vf_gone_meanwhile_loses_nothing
         out = w.run()
         assert not out.errors, (n, out.errors)
         assert_paired(w)
+
+
+def test_a_route_whose_gateway_a_network_manager_made_unreachable_does_not_stop_the_pair(
+    tmp_path: Path,
+) -> None:
+    """NetworkManager, activating its profile on the master, holds the
+    master's IPv4 address without the kernel's prefix route (noprefixroute;
+    it adds that route itself once its DHCP is done).  The default route's
+    gateway is then unreachable there (ENETUNREACH): the route waits, and
+    the VF still joins (seen in the Debian 12 image, where every retry failed
+    the same way and the VF was never enslaved)."""
+    w = World(tmp_path)
+    w.configured_standby()
+    w.vf()
+    add_address = w.k.add_address
+
+    def network_manager_holds_it(ifindex: int, name: str, a: Address) -> None:
+        if w.k.links[ifindex].kind == "bond" and a.family == socket.AF_INET:
+            a = replace(a, flags=a.flags | 0x200)  # IFA_F_NOPREFIXROUTE
+        add_address(ifindex, name, a)
+
+    w.k.add_address = network_manager_holds_it  # type: ignore[method-assign]
+    first = w.run()  # the route fails as the address is taken over under it
+    assert "ENETUNREACH" in first.errors[first.result.pairings[0].key]
+    out = w.run()  # the retry: the route waits, the VF joins
+    assert not out.errors, out.errors
+    master = w.link("ens11")
+    assert w.slaves("ens11") == {"ens11nsby", "ens11npf"}
+    assert master.bond["active_slave"] == w.link("ens11npf").ifindex
+    assert {a for a in w.addresses("ens11") if a[0] == socket.AF_INET} == {
+        a for a in EVERYTHING if a[0] == socket.AF_INET
+    }
 
 
 def test_a_crash_between_creating_and_marking_a_master_is_taken_over(tmp_path: Path) -> None:

@@ -127,4 +127,4 @@ def test_killed_at_every_step_of_pairing_and_release_loses_nothing(boot) -> None
         assert r.rc == 0, r
         released(f"release killed after {n} steps")
     report = stream_stop(g.lab, stream)
-    assert report.replies > 0
+    assert report.replied > 0

@@ -28,6 +28,14 @@ def paired_with_stream(g: Guest, config: Optional[str] = None) -> tuple[str, str
     return master, nsby, npf, stream
 
 
+def settled(g: Guest, stream: Any, path: str) -> Any:
+    """The stream's report once every packet sent so far has had its time
+    (a few more replies came back after them): the stream goes on, and a
+    packet still in flight is not lost."""
+    replies_on(g.lab, stream, path, 20)
+    return stream.report()
+
+
 def now() -> int:
     return time.monotonic_ns()
 
@@ -49,7 +57,7 @@ def vf_link_down_loses_only_while_the_driver_has_not_noticed(
     t_switched = now()  # the host saw the switch (a bound: it happened before)
     replies_on(g.lab, stream, "sb0", int(3 * RATE))  # several seconds on the standby
     t_end = now()
-    report = stream.report()
+    report = settled(g, stream, "sb0")
     window = report.window(t_down, t_end)
     detect_s = (t_switched - t_down) / 1e9
     # loss is bounded by the time the guest needed to see the link go, and is
@@ -64,7 +72,7 @@ def vf_link_back_loses_nothing(g: Guest, stream: Any, master: str, npf: str) -> 
     g.wait_active(master, npf)
     replies_on(g.lab, stream, "vf0", int(2 * RATE))
     t_end = now()
-    assert stream.report().window(t_up, t_end).lost == 0
+    assert settled(g, stream, "vf0").window(t_up, t_end).lost == 0
     # the announcement moved the peer's learning to the VF at once
     assert g.lab.peer.learned_path() == "vf0"
 
@@ -87,7 +95,7 @@ def host_steers_early_to_the_standby_and_back(
     g.lab.peer.steer(None)
     replies_on(g.lab, stream, "vf0", int(RATE))
     t2 = now()
-    report = stream.report()
+    report = settled(g, stream, "vf0")
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == npf  # no switch happened
     steered = report.window(t0, t1)
     if ingress == "unicast":
