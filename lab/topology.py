@@ -288,10 +288,17 @@ def switched(*, vf_at_boot: bool = False, extra_vf: bool = False) -> Topology:
     notes' "special device ID") with the standby behind one downstream port
     and two free ones; the VF (another MAC than the standby's) goes into
     one of them, a second VF (`extra_vf`) into the other; a third NIC with
-    the standby's MAC sits on a root port of its own."""
+    the standby's MAC sits on a root port of its own.
+
+    The VF that is given the standby's MAC is an e1000: QEMU's vmxnet3
+    puts its receive filter back to its own MAC whenever the driver
+    activates it (vmxnet3_activate_device calls vmxnet3_reset_mac), so a
+    MAC given while the VF is down, as bonding and guestfail do before
+    bringing a member up, would be the kernel's idea only and every frame
+    to it dropped; a real VF, and QEMU's e1000, keep it."""
     nics = [
         Nic("sb0", "standby", SBY_MAC, "d1"),
-        Nic("vf0", "primary", VF_MAC, "d2", at_boot=vf_at_boot),
+        Nic("vf0", "primary", VF_MAC, "d2", model="e1000", at_boot=vf_at_boot),
         Nic("x0", "other", SBY_MAC, "p5", model="vmxnet3"),
     ]
     if extra_vf:
