@@ -38,7 +38,8 @@ button (the PCI hot-plug tracepoint added in 2025 reports link and
 presence changes only); no uevent is sent before the device goes.
 
 Reading /dev/kmsg needs CAP_SYSLOG where kernel.dmesg_restrict is 1
-(Debian's and RHEL's default).  The shipped unit grants CAP_SYSLOG, turns
+(Debian's and RHEL's default; the kernel still accepts CAP_SYS_ADMIN in its
+place, with a warning).  The shipped unit grants CAP_SYSLOG, turns
 ProtectKernelLogs off (it hides /dev/kmsg and drops CAP_SYSLOG), and keeps
 PrivateDevices on with /dev/kmsg alone bound in read-only
 (BindReadOnlyPaths=, DeviceAllow=/dev/kmsg r); syslog(2), which could clear
