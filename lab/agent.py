@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from lab import pytree
 from lab.vm import Lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +22,9 @@ def agent_argv(*args: str) -> tuple[list[str], dict[str, str]]:
     """argv and environment of `guestfail *args` in the guest."""
     if installed():
         return ["/usr/bin/guestfail", *args], {}
-    return [sys.executable, "-m", "guestfail", *args], {"PYTHONPATH": str(REPO)}
+    path = [*pytree.GUEST_PATH, str(REPO)] if pytree.enabled() else [str(REPO)]
+    # PYTHONSAFEPATH: the guest's working directory (on 9p) is not searched first
+    return [sys.executable, "-m", "guestfail", *args], {"PYTHONPATH": ":".join(path), "PYTHONSAFEPATH": "1"}
 
 
 def install_files(lab: Lab) -> None:
@@ -29,6 +32,8 @@ def install_files(lab: Lab) -> None:
     (the installed package brings its own)."""
     if installed():
         return
+    if pytree.enabled():
+        pytree.install(lab)
     rules = (REPO / "udev-rules" / "81-guestfail.rules").read_text()
     lab.write_file("/run/udev/rules.d/81-guestfail.rules", rules)
     network = (REPO / "packaging" / "networkd" / "05-guestfail-members.network").read_text()
