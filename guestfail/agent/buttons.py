@@ -17,6 +17,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, Callable, Optional
 
+from guestfail.agent.flight import State
 from guestfail.agent.switcher import Switcher, now_ns
 from guestfail.core.button import BUTTON_EXPIRES_S, ButtonEvent, button_event
 from guestfail.core.errors import GuestfailError
@@ -147,6 +148,15 @@ class AttentionButtons:
         task.add_done_callback(done)
 
     async def _drain(self, rec: PairRecord, ev: ButtonEvent) -> None:
+        # a switch already in flight (the reconciliation's, as a pair is
+        # verified) is answered first: the switcher refuses a drain beside it
+        f = self.switcher.flight(rec)
+        deadline = time.monotonic() + SLOT_OFF_S
+        while f.state in (State.SWITCHING, State.DRAINING) and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(f.changed.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                break
         try:
             await self.switcher.drain(rec, DRAIN_TIMEOUT_S, BUTTON_EXPIRES_S, why=ev.reason())
         except GuestfailError as e:

@@ -13,6 +13,7 @@ import pytest
 
 from guestfail.agent.buttons import AttentionButtons
 from guestfail.agent.daemon import Daemon
+from guestfail.agent.flight import State
 from guestfail.core.button import ButtonEvent, button_event
 from guestfail.system.kmsg import Kmsg, parse
 
@@ -277,5 +278,28 @@ def test_a_press_before_the_pair_is_ready_moves_it_once_it_is(tmp_path: Path) ->
             d.buttons.waiting["5002"] = (d.buttons.waiting["5002"][0], 0.0)  # its 5 s are over
             d.buttons.retry()
             assert "5002" not in d.buttons.waiting
+
+    asyncio.run(go())
+
+
+def test_a_press_during_a_switch_in_flight_moves_the_pair_once_it_is_answered(tmp_path: Path) -> None:
+    """The lab's run: the press came while the reconciliation that built the
+    pair had its switch to the VF in flight; the switcher refuses a drain
+    beside it, so the press waits for that switch's answer."""
+    w = paired(tmp_path)
+
+    async def go() -> None:
+        async with daemon(w) as d:
+            rec = the_pair(d)
+            f = d.switcher.flight(rec)
+            f.go(State.SWITCHING, "the reconciliation's switch")
+            press(d)
+            await asyncio.sleep(0)  # the drain's task runs up to its wait
+            task = d.buttons._drains["5001"]
+            assert not task.done() and not rec.drained  # waiting, not refused
+            f.go(State.STEADY, "answered")
+            await settled(d)
+            assert rec.drained and active(w) == "ens11nsby"
+            assert rec.history[-1].reason == "attention button on slot 5001"
 
     asyncio.run(go())
