@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench <mode> [--quick] [--json out.json]
 
-Modes: failover, reaction, footprint, scale, soak, migration, all
-(migration is not part of all: it boots Debian images, see BENCHMARKS.md).
-Tables go to
+Modes: failover, reaction, footprint, scale, soak, removal, migration, all
+(removal and migration are not part of all; migration boots Debian images,
+see BENCHMARKS.md).  Tables go to
 stdout, progress to stderr.  Every guest boots Debian's kernel under QEMU
 (TCG unless GUESTFAIL_LAB_ACCEL=kvm): a boot alone takes 20-60 s.
 """
@@ -21,11 +21,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from bench import common, failover, footprint, migration, reaction, scale, soak
+from bench import common, failover, footprint, migration, reaction, removal, scale, soak
 from bench.common import say
 from lab import topology
 
-MODES = ("failover", "reaction", "footprint", "scale", "soak", "migration", "all")
+MODES = ("failover", "reaction", "footprint", "scale", "soak", "removal", "migration", "all")
 
 
 def parse_rates(text: str) -> tuple[list[float], bool]:
@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(soak.PHASES),
         help=f"soak: which phases, each in a guest of its own run (default {','.join(soak.PHASES)}); "
         "on a 2-core TCG host each takes under 30 minutes alone",
+    )
+    g = ap.add_argument_group("removal")
+    g.add_argument("--events", type=int, help="removals per setup and rate (default 3; --quick 1)")
+    g.add_argument(
+        "--removals",
+        default=",".join(removal.SETUPS),
+        help=f"which removals (default {','.join(removal.SETUPS)})",
     )
     g = ap.add_argument_group("footprint")
     g.add_argument("--idle", type=float, help="seconds of idle CPU measurement (default 60; --quick 10)")
@@ -168,6 +175,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if ph not in soak.PHASES:
             raise SystemExit(f"bench: unknown soak phase {ph!r} (known: {', '.join(soak.PHASES)})")
 
+    rm = removal.Params(
+        events=pick(args.events, 3, 1, q),
+        rates=list(rates),
+        setups=tuple(s for s in args.removals.split(",") if s),
+    )
+    for s in rm.setups:
+        if s not in removal.SETUPS:
+            raise SystemExit(f"bench: unknown removal {s!r} (known: {', '.join(removal.SETUPS)})")
     jobs: list[tuple[str, Callable[[], dict[str, Any]], Callable[[dict[str, Any]], str]]] = []
     if args.mode == "failover":
         jobs.append(("failover", lambda: failover.run(fo), failover.render))
@@ -181,6 +196,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         jobs.append(("soak", lambda: soak.run(so), soak.render))
     elif args.mode == "migration":
         jobs.append(("migration", lambda: migration.run(mi), migration.render))
+    elif args.mode == "removal":
+        jobs.append(("removal", lambda: removal.run(rm), removal.render))
     else:
         # one guest for footprint, reaction and soak; scale and failover boot their own
         jobs.append(("footprint+reaction+soak", lambda: soak.run_shared(fp, re_p, so), soak.render_shared))

@@ -427,10 +427,49 @@ class Helper:
         return {"pid": p.pid if p is not None and p.poll() is None else None}
 
     def op_find_links(self, r: dict[str, Any]) -> dict[str, Any]:
-        """Net devices below a PCI(e) root port, by its address."""
-        return {"names": self._links_under(r["rp"])}
+        """Net devices below a PCI(e) root port, by its address (rp), or in a
+        hot-plug slot, by its name (slot: a switch's downstream port)."""
+        return {"names": self._links_under(self._where(r))}
 
-    def _links_under(self, rp: str) -> list[str]:
+    @staticmethod
+    def _where(r: dict[str, Any]) -> str:
+        """What a device's sysfs path holds when it sits below the port:
+        "/<root port>/", or "/<domain:bus:device>." of the slot."""
+        if "slot" in r:
+            address = _read(f"/sys/bus/pci/slots/{r['slot']}/address")
+            return f"/{address}." if address else "/(no such slot)/"
+        return f"/{r['rp']}/"
+
+    def op_slot_power_indicator_on(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Once the power indicator of root port `rp`'s slot blinks (pciehp's
+        sign that the attention button was pressed: the slot goes off in
+        5 s), set it back to on in the port's Slot Control register, so
+        that QEMU lets the button be pressed again (press_again in lab.vm).
+        Polls every 10 ms: the register has no event to wait for."""
+        fd = os.open(f"/sys/bus/pci/devices/{r['rp']}/config", os.O_RDWR)
+        try:
+            cap = os.pread(fd, 1, 0x34)[0]
+            while cap and os.pread(fd, 1, cap)[0] != 0x10:  # the PCI Express capability
+                cap = os.pread(fd, 2, cap)[1]
+            if not cap:
+                raise RuntimeError(f"{r['rp']} has no PCI Express capability")
+            sltctl = cap + 0x18
+            deadline = time.monotonic() + r.get("timeout_", 4)
+            while True:
+                value = struct.unpack("<H", os.pread(fd, 2, sltctl))[0]
+                if (value >> 8) & 3 == 2:  # Power Indicator Control: blink
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the power indicator of {r['rp']} did not blink (slot control {value:#x})"
+                    )
+                time.sleep(0.01)
+            os.pwrite(fd, struct.pack("<H", (value & ~0x300) | 0x100), sltctl)  # on
+            return {"slot_control": value}
+        finally:
+            os.close(fd)
+
+    def _links_under(self, where: str) -> list[str]:
         names = []
         for name in sorted(os.listdir("/sys/class/net")):
             try:
@@ -440,12 +479,12 @@ class Helper:
                 path = os.path.realpath(dev)
             except OSError:  # no device, or renamed while we looked
                 continue
-            if f"/{rp}/" in path + "/":
+            if where in path + "/":
                 names.append(name)
         return names
 
     def op_wait_nic(self, r: dict[str, Any]) -> dict[str, Any]:
-        """Wait until one netdev sits below root port `rp` and udev finished
+        """Wait until one netdev sits below root port `rp` (or in `slot`) and udev finished
         with it (its udev database entry exists): woken by netlink and by
         inotify on udev's database directory."""
         nl = netlink_socket()
@@ -454,7 +493,7 @@ class Helper:
             ino.watch("/run/udev/data")
 
             def check() -> tuple[bool, Any]:
-                names = self._links_under(r["rp"])
+                names = self._links_under(self._where(r))
                 if len(names) != 1:
                     return False, names
                 idx = _read(f"/sys/class/net/{names[0]}/ifindex")
@@ -463,7 +502,7 @@ class Helper:
                 # and drops that mark when it has processed the "move" event.
                 if db is None or "E:ID_RENAMING=1" in db.splitlines():
                     return False, names
-                return True, self._links_under(r["rp"])
+                return True, self._links_under(self._where(r))
 
             return wait_until(check, r.get("timeout_", 30), [nl.fileno(), ino.fd])
         finally:

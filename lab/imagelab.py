@@ -380,9 +380,11 @@ class ImageLab(Lab):
 
     # ------------------------------------------------------------ hot-plug
 
-    def plug(self, nic_id: str, port: Optional[str] = None, mac: str = "", wait: bool = True) -> str:
+    def plug(
+        self, nic_id: str, port: Optional[str] = None, mac: str = "", wait: bool = True, second: bool = False
+    ) -> str:
         self._macs[nic_id] = mac or self.topo.nic(nic_id).mac  # a destination starts with it
-        return super().plug(nic_id, port, mac, wait)
+        return super().plug(nic_id, port, mac, wait, second)
 
     # ------------------------------------------------------------ live migration
 

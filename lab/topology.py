@@ -39,10 +39,26 @@ class TopologyError(ValueError):
 @dataclass(frozen=True)
 class Port:
     """A PCIe root port; `slot` is the physical slot number (the VF serial
-    under native hot-plug)."""
+    under native hot-plug).  With `switch`, a downstream port of that
+    PCIe switch instead (found in the guest by its slot: native hot-plug)."""
 
     id: str
     slot: int
+    switch: str = ""
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A PCIe switch on a root port: QEMU's x3130-upstream (a TI XIO3130,
+    PCI ID 104c:8232), whose downstream ports (xio3130-downstream, 104c:8233)
+    are the Ports that name it.  What sits behind it sits behind one bridge."""
+
+    id: str
+    port: str  # the root port it is plugged into
+
+
+#: the PCI vendor:device ID of QEMU's PCIe switch upstream port
+SWITCH_ID = "104c:8232"
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class Topology:
     hotplug: Hotplug = "acpi"
     # QEMU's own failover: standbys get failover=on, primaries failover_pair_id.
     qemu_failover: bool = False
+    switches: tuple[Switch, ...] = ()
     memory: str = "1G"
     cpus: int = 2
     extra_qemu_args: tuple[str, ...] = field(default_factory=tuple)
@@ -84,6 +101,9 @@ class Topology:
                 return p
         raise TopologyError(f"no port {port_id!r} in the topology")
 
+    def root_ports(self) -> list[Port]:
+        return [p for p in self.ports if not p.switch]
+
     def standbys(self) -> list[Nic]:
         return [n for n in self.nics if n.role == "standby"]
 
@@ -98,6 +118,13 @@ class Topology:
         for p in self.ports:
             if not _ID_RE.match(p.id) or not 0 < p.slot < 8192:
                 raise TopologyError(f"bad port {p}")
+            if p.switch and p.switch not in {sw.id for sw in self.switches}:
+                raise TopologyError(f"port {p.id}: no switch {p.switch!r}")
+        for sw in self.switches:
+            if not _ID_RE.match(sw.id) or self.port(sw.port).switch:
+                raise TopologyError(f"bad switch {sw}")
+        if self.switches and self.hotplug != "native":
+            raise TopologyError("a switch's ports are found by their slot: native hot-plug only")
         used: dict[str, str] = {}
         for n in self.nics:
             if not _ID_RE.match(n.id):
@@ -185,8 +212,13 @@ def qemu_args(
         # pciehp then names slots by their number (/sys/bus/pci/slots/<slot>),
         # which is how Hyper-V exposes a VF's serial.
         args += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
-    for i, p in enumerate(topo.ports):
+    for i, p in enumerate(topo.root_ports()):
         args += ["-device", root_port_arg(i, p)]
+    for sw in topo.switches:
+        args += ["-device", f"x3130-upstream,id={sw.id},bus={sw.port}"]
+    for i, p in enumerate(x for x in topo.ports if x.switch):
+        # chassis numbers of their own: (chassis, slot) is unique per machine
+        args += ["-device", f"xio3130-downstream,id={p.id},bus={p.switch},chassis={100 + i},slot={p.slot}"]
     for n in topo.nics:
         args += ["-netdev", netdev_arg(n, backends[n.id])]
     for n in topo.nics:
@@ -211,6 +243,8 @@ def qemu_args(
 # administered (02:...) so they can never collide with a real vendor's.
 SBY_MAC = "02:00:00:00:00:11"
 OTHER_MAC = "02:00:00:00:00:99"
+VF_MAC = "02:00:00:00:00:22"  # a VF the topology rule pairs: not the standby's MAC
+VF2_MAC = "02:00:00:00:00:33"
 
 
 def basic(
@@ -250,4 +284,38 @@ def serial_pair(*, hotplug: Hotplug = "native") -> Topology:
             Nic("x0", "other", OTHER_MAC, "p4"),
         ),
         hotplug=hotplug,
+    )
+
+
+def switched(*, vf_at_boot: bool = False, extra_vf: bool = False) -> Topology:
+    """The topology rule's lab: a PCIe switch (its own PCI ID, as the design
+    notes' "special device ID") with the standby behind one downstream port
+    and two free ones; the VF (another MAC than the standby's) goes into
+    one of them, a second VF (`extra_vf`) into the other; a third NIC with
+    the standby's MAC sits on a root port of its own.
+
+    The VF that is given the standby's MAC is an e1000: QEMU's vmxnet3
+    puts its receive filter back to its own MAC whenever the driver
+    activates it (vmxnet3_activate_device calls vmxnet3_reset_mac), so a
+    MAC given while the VF is down, as bonding and guestfail do before
+    bringing a member up, would be the kernel's idea only and every frame
+    to it dropped; a real VF, and QEMU's e1000, keep it."""
+    nics = [
+        Nic("sb0", "standby", SBY_MAC, "d1"),
+        Nic("vf0", "primary", VF_MAC, "d2", model="e1000", at_boot=vf_at_boot),
+        Nic("x0", "other", SBY_MAC, "p5", model="vmxnet3"),
+    ]
+    if extra_vf:
+        nics.append(Nic("vf1", "primary", VF2_MAC, "d3", at_boot=vf_at_boot))
+    return Topology(
+        ports=(
+            Port("p1", 30),
+            Port("p5", 21),
+            Port("d1", 31, switch="sw0"),
+            Port("d2", 32, switch="sw0"),
+            Port("d3", 33, switch="sw0"),
+        ),
+        switches=(Switch("sw0", "p1"),),
+        nics=tuple(nics),
+        hotplug="native",
     )

@@ -462,16 +462,23 @@ class Lab:
         port = self.plugged.get(nic_id)
         if port is None:
             raise LabError(f"{nic_id} is not plugged")
-        rp = self.root_port_address(port)
-        r = self.request("find_links", rp=rp)
+        where = self._below(port)
+        r = self.request("find_links", **where)
         names: list[str] = r["names"]
         if len(names) != 1:
-            raise LabError(f"{nic_id}: expected one netdev under {rp}, found {names}")
+            raise LabError(f"{nic_id}: expected one netdev under {where}, found {names}")
         return names[0]
 
     def root_port_address(self, port_id: str) -> str:
-        dev, fn = root_port_address([p.id for p in self.topo.ports].index(port_id))
+        dev, fn = root_port_address([p.id for p in self.topo.root_ports()].index(port_id))
         return f"0000:00:{dev:02x}.{fn}"
+
+    def _below(self, port_id: str) -> dict[str, Any]:
+        """How the guest helper finds what sits behind a port: a root port
+        by its address; a switch's downstream port (its bus number is the
+        guest's to give) by its slot."""
+        port = self.topo.port(port_id)
+        return {"slot": str(port.slot)} if port.switch else {"rp": self.root_port_address(port_id)}
 
     # ------------------------------------------------------------ QMP
 
@@ -481,24 +488,52 @@ class Lab:
     def wait_nic(self, nic_id: str, timeout: float = 60) -> str:
         """Wait until the guest has the NIC's netdev and udev is done with it
         (named, properties set); returns its name."""
-        rp = self.root_port_address(self.plugged[nic_id])
-        r = self.request("wait_nic", timeout=timeout + 5, rp=rp, timeout_=timeout)
+        where = self._below(self.plugged[nic_id])
+        r = self.request("wait_nic", timeout=timeout + 5, timeout_=timeout, **where)
         if not r["ok"]:
-            raise LabError(f"{nic_id} did not appear in the guest below {rp} within {timeout} s: {r['seen']}")
+            raise LabError(
+                f"{nic_id} did not appear in the guest below {where} within {timeout} s: {r['seen']}"
+            )
         return str(r["seen"][0])
 
-    def plug(self, nic_id: str, port: Optional[str] = None, mac: str = "", wait: bool = True) -> str:
+    def plug(
+        self, nic_id: str, port: Optional[str] = None, mac: str = "", wait: bool = True, second: bool = False
+    ) -> str:
         """device_add; returns once QEMU acknowledged it and (wait=True) the
-        guest has the netdev, named by udev.  Returns the guest's name or ""."""
+        guest has the netdev, named by udev.  Returns the guest's name or "".
+        `second`: a second function in the slot (a pci-testdev, no driver),
+        so that its slot's attention button can be pressed again
+        (press_again)."""
         nic: Nic = self.topo.nic(nic_id)
         port = port or nic.port
         if nic_id in self.plugged:
             raise LabError(f"{nic_id} is already plugged at {self.plugged[nic_id]}")
         if port in self.plugged.values():
             raise LabError(f"port {port} is taken")
-        self.qmp("device_add", device_props(self.topo, nic, port, mac))
+        props = device_props(self.topo, nic, port, mac)
+        if second:
+            # function 0 comes last: QEMU announces the slot when it arrives
+            self.qmp(
+                "device_add", {"driver": "pci-testdev", "id": f"{nic_id}-fn1", "bus": port, "addr": "0.1"}
+            )
+            props.update(addr="0.0", multifunction="on")
+        self.qmp("device_add", props)
         self.plugged[nic_id] = port
         return self.wait_nic(nic_id) if wait else ""
+
+    def press_again(self, nic_id: str, timeout: float = 4) -> None:
+        """Press the attention button of a NIC's slot a second time, while
+        the guest blinks its power indicator after device_del's press (the
+        guest then cancels the removal).  QEMU (6.2 and later) refuses a
+        second device_del of a device within 5 s, and any while the power
+        indicator blinks, so: the guest helper sets the indicator back to on
+        once it blinks, and device_del of the slot's second function (plug's
+        `second`) presses the button."""
+        port = self.topo.port(self.plugged[nic_id])
+        if port.switch:
+            raise LabError("press_again: root ports only")
+        self.request("slot_power_indicator_on", rp=self.root_port_address(port.id), timeout_=timeout)
+        self.qmp("device_del", {"id": f"{nic_id}-fn1"})
 
     def unplug(self, nic_id: str, timeout: float = 60) -> float:
         """device_del, then wait for QEMU's DEVICE_DELETED (the guest released

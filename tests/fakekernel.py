@@ -13,8 +13,10 @@ veth can show; bonds are the vm tier's):
   altname in use cannot be taken (EEXIST), not even a link's own altname;
 * bonding refuses to enslave a link that is up (EPERM) or has a master
   (EBUSY); it opens the slaves it takes (no addresses: IPv6 skips slaves),
-  gives them its MTU and MAC, closes the slaves it releases and gives them
-  their own MAC back; deleting a bond releases its slaves;
+  gives them its MTU and (fail_over_mac=none) its MAC, closes the slaves it
+  releases and gives them their own MAC back; deleting a bond releases its
+  slaves; an untrusted VF (`mac_locked`) refuses any MAC (EPERM), and so
+  bonding refuses to enslave it with fail_over_mac=none;
 * an active-backup bond keeps an active slave among the slaves that are up
   with carrier, prefers its primary, and refuses to make a slave without
   link active (EINVAL);
@@ -61,6 +63,8 @@ class FakeLink:
     bond: Optional[dict[str, Any]] = None
     own_mac: str = ""  # a slave's MAC before the bond changed it
     redirect: Optional[int] = None  # guestfail's tc filter: unicast to this master
+    # an untrusted VF: the host set its MAC, the guest may not change it (EPERM)
+    mac_locked: bool = False
 
 
 class FakeKernel:
@@ -302,6 +306,10 @@ class FakeKernel:
                 x.mtu = int(value)
             elif key == "ifalias":
                 x.ifalias = str(value)
+            elif key == "address":
+                if x.mac_locked:
+                    raise NetlinkFailure(what, errno.EPERM)
+                x.mac, x.own_mac = str(value), ""
             else:  # pragma: no cover - a request this fake does not know
                 raise AssertionError(f"FakeKernel.set: {key}")
         self._change(what)
@@ -356,6 +364,8 @@ class FakeKernel:
         x.master = master
         x.mtu = m.mtu
         if m.bond["fail_over_mac"] == 0 and x.mac != m.mac:
+            if x.mac_locked:  # bonding: "Error -1 calling set_mac_address"
+                raise NetlinkFailure(what, errno.EPERM)
             x.own_mac, x.mac = x.mac, m.mac
         x.up = True  # the bond opens its slave; IPv6 configures no slave
         self._reselect(master)

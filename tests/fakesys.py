@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
+#: a chain of PCI bridges, root first: (address, "vendor:device" or "")
+Bridges = tuple[tuple[str, str], ...]
+
 STANDBY_FEATURES = "0" * 62 + "1" + "0" * 1  # bit 62 set
 
 
@@ -37,20 +40,51 @@ class FakeSys:
         if device is not None:
             os.symlink(device, n / "device")
 
-    def pci_nic(self, name: str, pci: str, driver: str, slot: Optional[str] = None) -> None:
-        rp = "0000:00:10.0"
-        dev = self.root / "devices" / "pci0000:00" / rp / pci
+    def _below(self, bridges: Optional[Bridges], default: str) -> Path:
+        """The directory of the last bridge of a chain (root first), each
+        bridge made with its vendor and device files (when it has an ID)."""
+        d = self.root / "devices" / "pci0000:00"
+        for address, ident in bridges if bridges is not None else ((default, ""),):
+            d = d / address
+            d.mkdir(parents=True, exist_ok=True)
+            if ident:
+                vendor, device = ident.split(":")
+                (d / "vendor").write_text(f"0x{vendor}\n")
+                (d / "device").write_text(f"0x{device}\n")
+        return d
+
+    def pci_nic(
+        self, name: str, pci: str, driver: str, slot: Optional[str] = None, bridges: Optional[Bridges] = None
+    ) -> None:
+        """A PCI NIC behind `bridges` ((address, "vendor:device"), root
+        first; one root port by default)."""
+        dev = self._below(bridges, "0000:00:10.0") / pci
         self._dev(dev, "pci", driver)
         self._net(name, dev)
         if slot is not None:
-            s = self.root / "bus" / "pci" / "slots" / slot
-            s.mkdir(parents=True, exist_ok=True)
-            (s / "address").write_text(pci.rsplit(".", 1)[0] + "\n")
+            self.slot(slot, pci.rsplit(".", 1)[0], dev.parent)
 
-    def virtio_nic(self, name: str, pci: str, standby: bool = False, also: tuple[str, ...] = ()) -> None:
+    def slot(self, name: str, address: str, port: Path) -> None:
+        """A hot-plug slot (0000:03:00) on the secondary bus of `port`."""
+        s = self.root / "bus" / "pci" / "slots" / name
+        s.mkdir(parents=True, exist_ok=True)
+        (s / "address").write_text(address + "\n")
+        bus = self.root / "class" / "pci_bus" / address.rsplit(":", 1)[0]
+        bus.mkdir(parents=True, exist_ok=True)
+        if not (bus / "device").exists():
+            os.symlink(port, bus / "device")
+
+    def virtio_nic(
+        self,
+        name: str,
+        pci: str,
+        standby: bool = False,
+        also: tuple[str, ...] = (),
+        bridges: Optional[Bridges] = None,
+    ) -> None:
         """A virtio-net device; `also` names further netdevs on the same virtio
         device (net_failover's master and standby share it)."""
-        pdev = self.root / "devices" / "pci0000:00" / "0000:00:11.0" / pci
+        pdev = self._below(bridges, "0000:00:11.0") / pci
         if not pdev.exists():
             self._dev(pdev, "pci", "virtio-pci")
         vdev = pdev / f"virtio{self._virtio}"

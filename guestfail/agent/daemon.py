@@ -28,15 +28,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from guestfail import __version__
+from guestfail.agent.buttons import AttentionButtons
 from guestfail.agent.flight import State
 from guestfail.agent.reconciler import Reconciler, Scheduler
 from guestfail.agent.switcher import Switcher, now_ns
-from guestfail.backends.bond import BondBackend
+from guestfail.agent.wiring import make_backend, networkmanager_wanted
 from guestfail.core import config as config_mod
 from guestfail.core.config import Config
 from guestfail.core.decision import decide
 from guestfail.core.errors import GuestfailError, NotFound, SystemRefused
-from guestfail.core.interfaces import Backend, Integration, Outcome
+from guestfail.core.interfaces import Integration, Outcome
 from guestfail.core.records import STATE_FILE, PairRecord, Switch, document, match_sections
 from guestfail.integrations.ifupdown import IfupdownIntegration
 from guestfail.integrations.networkd import NetworkdIntegration
@@ -51,24 +52,6 @@ from guestfail.system.sysfs import Sysfs
 from guestfail.system.udev import Udev, UdevInfo
 
 log = logging.getLogger(__name__)
-
-
-def make_backend(cfg: Config, nl: Rtnl, sysfs: Sysfs, state_dir: Path) -> Backend:
-    if cfg.backend == "team":
-        if not dbus_library():
-            raise SystemRefused(
-                "agent.backend = team drives teamd over D-Bus, and no D-Bus library "
-                "(python3-dbus-fast) is installed"
-            )
-        from guestfail.backends.team import TeamBackend
-
-        return TeamBackend(cfg, nl, state_dir)
-    return BondBackend(cfg, nl, sysfs)
-
-
-def networkmanager_wanted(cfg: Config) -> bool:
-    # a team profile in NetworkManager would start a teamd of its own
-    return cfg.networkmanager == "auto" and cfg.backend == "bond"
 
 
 def status_line(doc: dict[str, Any]) -> str:
@@ -123,6 +106,8 @@ class Daemon:
             retry_delay=lambda: max(self.cfg.bond.miimon, 50) / 1000 * 1.5,
             pair_lock=pair_lock,
         )
+        # ordered removal: the attention button, seen in the kernel's log
+        self.buttons = AttentionButtons(self.switcher, self.pairs.values, self.request_reconcile)
         self._udev: Optional[Udev] = None
         self._monitor: Optional[LinkMonitor] = None
         self.dbus: Any = None
@@ -193,6 +178,7 @@ class Daemon:
             if self.use_udev:
                 self._udev = Udev()
                 loop.add_reader(self._udev.start_monitor(), self._on_udev)
+            self.buttons.start(loop)
         if self.use_dbus:
             await self._start_dbus()
         await self._watch_networkmanager()
@@ -215,6 +201,7 @@ class Daemon:
             self._monitor.close()
         if self._udev is not None and self._udev.monitor is not None:
             loop.remove_reader(self._udev.monitor.fileno())
+        self.buttons.close(loop)
         if self.dbus is not None:
             await self.dbus.stop()
         if self._watcher is not None:
@@ -285,7 +272,7 @@ class Daemon:
             )
 
     def subscribe(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
-        """fn(signal_name, payload) for PairCreated, PairRemoved, ActiveChanged, Refused."""
+        """fn(signal_name, payload) for PairCreated, Paired, PairRemoved, ActiveChanged, Refused."""
         self._listeners.append(fn)
 
     def _emit(self, name: str, payload: dict[str, Any]) -> None:
@@ -367,7 +354,10 @@ class Daemon:
             prim = snap.get(p.primary)
             if prim is None and rec.primary is not None and rec.drained:
                 self.switcher.drain_over(rec)  # the drained primary is gone: drain complete
+            joined = (rec.primary, rec.primary_enslaved)
             new_primary = rec.observe(p, snap, master, fresher)
+            if rec.primary_enslaved and joined != (rec.primary, True):
+                self._emit("Paired", rec.paired_json())  # a primary joined: by which rule, why
             rec.error = out.errors.get(p.key, "")
             if self.switcher.flight(rec).state == State.STEADY and rec.master not in fresher:
                 rec.active = out.active.get(p.key)
@@ -382,7 +372,10 @@ class Daemon:
         for key in seen - old_keys:
             rec = self.pairs[key]
             if rec.master is not None:
-                self._emit("PairCreated", {"pair": rec.master_name, "key": key, "rule": rec.rule})
+                self._emit(
+                    "PairCreated",
+                    {"pair": rec.master_name, "key": key, "rule": rec.rule, "reason": rec.reason},
+                )
         refusals = {
             (tuple(snap.links[i].name for i in r.links if i in snap.links), r.reason) for r in result.refusals
         }
@@ -400,6 +393,7 @@ class Daemon:
             if not self._teamd.watch(dev, pid):
                 self.request_reconcile(f"teamd for {dev} is gone")
         self.sections = match_sections(result, snap)
+        self.buttons.retry()  # a press that came before its pair was known
         for rec in self.pairs.values():
             self.switcher.evaluate(rec, now_ns(), "reconciled")
         self._write_state()
@@ -473,6 +467,7 @@ class Daemon:
             "reconciles": self.reconciling.runs,
             "resyncs": self.resyncs,
             "retry_in_s": self.reconciling.retry_in,
+            "attention_button": self.buttons.state,
         }
 
     def status(self) -> dict[str, Any]:

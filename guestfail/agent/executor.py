@@ -29,6 +29,7 @@ from guestfail.core.steps import (
     Release,
     Rename,
     SetDown,
+    SetMac,
     SetPrimary,
     SetUp,
     Step,
@@ -84,6 +85,8 @@ class Executor:
         self.ingress = ingress
         self.links: dict[int, Link] = {}
         self.kill_after = fault_limit()
+        # primaries that refused a MAC (SetMac), by ifindex, with the kernel's answer
+        self.mac_refused: dict[int, str] = {}
 
     def run(
         self, plan: Plan, links: dict[int, Link], before_enslave: Optional[Callable[[int, str], None]] = None
@@ -223,6 +226,22 @@ class Executor:
             if current is not None and current.master:
                 self.nl.clear_redirect(i, name(i))
                 self.backend.release(i, name(i), current.master, name(current.master))
+        elif isinstance(step, SetMac):
+            i = ref(step.link)
+            try:
+                self.nl.set(i, f"set the MAC of {name(i)} to {step.mac}", address=step.mac)
+            except NetlinkFailure as e:
+                if e.code == errno.ENODEV or transient(e):
+                    raise
+                # an untrusted VF: the host keeps its MAC; the bond's
+                # fail_over_mac=active carries the pair instead
+                log.warning(
+                    "%s refused the MAC %s (%s): its master's MAC follows the active member",
+                    name(i),
+                    step.mac,
+                    e,
+                )
+                self.mac_refused[i] = str(e)
         elif isinstance(step, SetPrimary):
             m = ref(step.master)
             s = ref(step.slave) if step.slave is not None else None
@@ -278,6 +297,8 @@ def describe(step: Step, name: Callable[[Ref], str]) -> str:
         return f"release {n(step.link)}"
     if isinstance(step, SetPrimary):
         return f"primary of {n(step.master)}: {n(step.slave)}"
+    if isinstance(step, SetMac):
+        return f"give {n(step.link)} the MAC {step.mac}"
     if isinstance(step, MoveAddresses):
         addrs = ", ".join(f"{a.address}/{a.prefixlen}" for a in step.addresses) or "no addresses"
         return f"move {addrs} and {len(step.routes)} routes from {n(step.src)} to {n(step.dst)}"

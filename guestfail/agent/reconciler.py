@@ -149,6 +149,8 @@ class Reconciler:
         how many steps ran (0: nothing to do, the state is verified)."""
         snap, result = out.snap, out.result
         entries = self.journal.all()
+        for gone in set(self.executor.mac_refused) - set(snap.links):
+            del self.executor.mac_refused[gone]
         done = 0
         live: set[str] = set()
         reserved: set[str] = set()  # master names this pass gives out
@@ -175,7 +177,14 @@ class Reconciler:
         try:
             spec = spec_for(self.cfg, pairing, snap, known, reserved)
             reserved.add(spec.master_name)
-            plan = plan_pair(self.cfg, spec, snap, drained=pairing.key in drained(), entry=entry)
+            plan = plan_pair(
+                self.cfg,
+                spec,
+                snap,
+                drained=pairing.key in drained(),
+                entry=entry,
+                mac_refused=frozenset(self.executor.mac_refused),
+            )
         except PlanRefused as e:
             out.errors[pairing.key] = str(e)
             return 0
@@ -328,7 +337,9 @@ class Reconciler:
         """Tell the udev rule which devices guestfail will take, so they are
         marked unmanaged in the very event that announces them."""
         try:
-            write_claims(self.state_dir / "claims", claims(self.cfg, snap, result, self.sysfs.pci_slots()))
+            slots = self.sysfs.pci_slots()
+            below = self.sysfs.slot_bridges() if result.bridges else {}
+            write_claims(self.state_dir / "claims", claims(self.cfg, snap, result, slots, below))
         except OSError as e:
             log.warning("cannot write udev claims: %s", e)
 

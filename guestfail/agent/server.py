@@ -10,7 +10,8 @@ interface ``io.github.guestfail1.Agent``:
   member's name; answers with the pair (JSON);
 * ``PrepareUnplug(s primary, d timeout) -> s``: move the pair to its standby
   and answer once the kernel confirms it, so the VF can be removed without loss;
-* signals ``PairCreated(s)``, ``PairRemoved(s)``, ``Refused(s)`` (JSON) and
+* signals ``PairCreated(s)``, ``Paired(s)`` (a primary joined: its rule and
+  why), ``PairRemoved(s)``, ``Refused(s)`` (JSON) and
   ``ActiveChanged(s pair, s from, s to, s reason, d latency_ms)``;
 * properties ``Version`` and ``Health``.
 
@@ -109,6 +110,10 @@ class AgentInterface(ServiceInterface):
         return payload
 
     @signal()
+    def Paired(self, payload: str) -> "s":
+        return payload
+
+    @signal()
     def PairRemoved(self, payload: str) -> "s":
         return payload
 
@@ -154,7 +159,7 @@ class DBusService:
                 payload["reason"],
                 float(lat if lat is not None else -1),
             )
-        elif name in ("PairCreated", "PairRemoved", "Refused"):
+        elif name in ("PairCreated", "Paired", "PairRemoved", "Refused"):
             getattr(self.iface, name)(json.dumps(payload))
 
     async def stop(self) -> None:

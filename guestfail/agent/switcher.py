@@ -7,7 +7,8 @@ record, with each pair's switch in flight as an explicit state machine.
     RETRY      the kernel refused (its miimon has not seen the member's link
                yet): a timer asks again one and a half miimon later, unless
                the bond reselects by itself first
-    DRAINING   prepare-unplug's request is with the kernel
+    DRAINING   prepare-unplug's (or the attention button's) request is with
+               the kernel
 
 Every change of state goes through `Flight.go()` (guestfail.agent.flight), which checks it against
 TRANSITIONS, logs `old -> new`, wakes whoever waits, and cancels the pair's
@@ -38,7 +39,7 @@ from guestfail.core.decision import Decision, decide
 from guestfail.core.errors import GuestfailError, SystemRefused
 from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
-from guestfail.core.records import PairRecord, Switch
+from guestfail.core.records import MAC_FOLLOWS, PairRecord, Switch
 from guestfail.system import packets as announce
 from guestfail.system.linkevents import LinkEvent
 from guestfail.system.netlink import NetlinkFailure, Rtnl
@@ -357,7 +358,9 @@ class Switcher:
     def _announce_later(self, rec: PairRecord) -> None:
         """Gratuitous ARP and unsolicited NA for the master's addresses out of
         its new active member: queued behind the switch, not before it."""
-        if rec.master is None or not self.announce_enabled():
+        # a master whose MAC follows its active member must announce the new
+        # MAC, whatever agent.announce says
+        if rec.master is None or not (self.announce_enabled() or rec.mac == MAC_FOLLOWS):
             return
         asyncio.get_running_loop().run_in_executor(self.thread, self._announce, rec.master)
 
@@ -375,9 +378,12 @@ class Switcher:
 
     # ------------------------------------------------------------ drain
 
-    async def drain(self, rec: PairRecord, timeout: float, expires: float = 0) -> None:
-        """prepare-unplug: the standby carries the traffic and the primary is
-        no longer the bond's preferred member; returns once the kernel
+    async def drain(
+        self, rec: PairRecord, timeout: float, expires: float = 0, why: str = "prepare-unplug"
+    ) -> None:
+        """prepare-unplug, or an ordered removal (`why` says which: the
+        attention button): the standby carries the traffic and the primary
+        is no longer the bond's preferred member; returns once the kernel
         confirms it.  A failure or a timeout is undone (after a timeout,
         once the request is back from the kernel); a drain whose VF is still
         there `expires` seconds later is undone too (0: never)."""
@@ -389,8 +395,8 @@ class Switcher:
         names = rec.names()
         frm = rec.active
         t0 = now_ns()
-        f.since_ns, f.why = t0, "prepare-unplug"
-        f.go(State.DRAINING, "prepare-unplug")
+        f.since_ns, f.why = t0, why
+        f.go(State.DRAINING, why)
         rec.drained = True
         loop = asyncio.get_running_loop()
 
@@ -403,50 +409,48 @@ class Switcher:
         done, _ = await asyncio.wait({fut}, timeout=timeout)
         if not done:
 
-            def late(done: asyncio.Future[tuple[Optional[int], int]]) -> None:
-                f.go(State.STEADY, "late answer to prepare-unplug")
-                if not done.cancelled() and done.exception() is None:
-                    confirmed, sent_ns = done.result()
+            def late(answer: asyncio.Future[tuple[Optional[int], int]]) -> None:
+                f.go(State.STEADY, f"late answer to {why}")
+                if not answer.cancelled() and answer.exception() is None:
+                    confirmed, sent_ns = answer.result()
                     rec.active = confirmed
                     if confirmed == sby and frm != sby:  # it did switch, late: on record before the way back
                         lat = (now_ns() - t0) / 1e6
-                        self._record(rec, frm, sby, "prepare-unplug", lat, "guestfail", (sent_ns - t0) / 1e6)
-                self.undrain(rec, f"prepare-unplug timed out after {timeout:g} s")
+                        self._record(rec, frm, sby, why, lat, "guestfail", (sent_ns - t0) / 1e6)
+                self.undrain(rec, f"{why} timed out after {timeout:g} s")
 
             fut.add_done_callback(late)
             raise SystemRefused(
                 f"{rec.master_name}: the kernel did not confirm the switch to "
                 f"{rec.name_of(sby)} within {timeout:g} s; the drain is undone"
             )
-        f.go(State.STEADY, "prepare-unplug answered")
+        f.go(State.STEADY, f"{why} answered")
         try:
             confirmed, sent_ns = fut.result()
         except GuestfailError as e:
-            self.undrain(rec, f"prepare-unplug failed: {e}")
+            self.undrain(rec, f"{why} failed: {e}")
             raise
         except OSError as e:
-            self.undrain(rec, f"prepare-unplug failed: {e}")
-            raise SystemRefused(f"{rec.master_name}: prepare-unplug failed: {e}") from e
+            self.undrain(rec, f"{why} failed: {e}")
+            raise SystemRefused(f"{rec.master_name}: {why} failed: {e}") from e
         rec.active = confirmed
         if confirmed != sby:
             self.undrain(rec, f"the kernel kept {rec.name_of(confirmed)} active")
             raise SystemRefused(f"{rec.master_name}: the kernel kept {rec.name_of(confirmed)} active")
         if frm != sby:
-            self._record(
-                rec, frm, sby, "prepare-unplug", (now_ns() - t0) / 1e6, "guestfail", (sent_ns - t0) / 1e6
-            )
+            self._record(rec, frm, sby, why, (now_ns() - t0) / 1e6, "guestfail", (sent_ns - t0) / 1e6)
             self._announce_later(rec)
         f.clear()
         rec.decision = decide(rec.facts())
         if f.dirty:  # something happened while the drain was out
             f.dirty = False
-            self.evaluate(rec, now_ns(), "after prepare-unplug")
+            self.evaluate(rec, now_ns(), f"after {why}")
         if f.drain_timer is not None:  # a drain again: its deadline counts from now
             f.drain_timer.cancel()
             f.drain_timer = None
         if expires > 0:
-            why = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
-            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, why)
+            not_removed = f"{rec.primary_name or 'the VF'} was not removed within {expires:g} s"
+            f.drain_timer = asyncio.get_running_loop().call_later(expires, self.undrain, rec, not_removed)
 
     def undrain(self, rec: PairRecord, why: str, quiet: bool = False) -> None:
         """The pair goes back to its primary (the daemon hears of it, unless

@@ -142,6 +142,8 @@ def cmd_check_config(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         f"{len(cfg.pairs)} explicit pairs, {len(cfg.serials)} serials, "
         f"rules {', '.join(cfg.rules) or 'none'})"
     )
+    if cfg.bridges and "topology" not in cfg.rules:
+        print(f"{cfg.source}: the [[topology]] bridges are unused: agent.match does not list topology")
     return Exit.OK
 
 

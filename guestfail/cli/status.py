@@ -27,7 +27,7 @@ from guestfail.core.errors import Exit, NotFound
 from guestfail.core.match import MatchResult, match
 from guestfail.core.model import Snapshot
 from guestfail.core.plan import master_of
-from guestfail.core.records import STATE_FILE, PairRecord, document, match_sections
+from guestfail.core.records import MAC_FOLLOWS, MAC_MODES, STATE_FILE, PairRecord, document, match_sections
 from guestfail.system import files
 
 # ------------------------------------------------------------------ gather
@@ -179,6 +179,7 @@ class PairView:
     switches: int
     history: tuple[SwitchView, ...]
     json: dict[str, Any]
+    mac: str = ""  # records.MAC_MODES
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PairView:
@@ -204,6 +205,7 @@ class PairView:
             switches=int(d.get("switches") or 0),
             history=tuple(SwitchView.from_json(s) for s in d.get("history") or ()),
             json=d,
+            mac=str(d.get("mac") or ""),
         )
 
     @property
@@ -233,6 +235,7 @@ class Status:
     state_file_age_s: Optional[float]
     retry_in_s: Optional[float]
     document: dict[str, Any]  # what --json prints
+    attention_button: str = ""  # the daemon's: watched, or why not
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Status:
@@ -260,6 +263,7 @@ class Status:
             state_file_age_s=doc.get("state_file_age_s"),
             retry_in_s=d.get("retry_in_s") if running else None,
             document=doc,
+            attention_button=str(d.get("attention_button") or "") if running else "",
         )
 
     def pair(self, name: str) -> PairView:
@@ -312,6 +316,7 @@ def render(st: Status) -> str:
     if not st.pairs:
         lines.append("(no pairs)")
     lines.extend(f"{p.master or p.key}: error: {p.error}" for p in st.pairs if p.error)
+    lines.extend(f"{p.master or p.key}: {MAC_MODES[MAC_FOLLOWS]}" for p in st.pairs if p.mac == MAC_FOLLOWS)
     for title, items in (
         ("refused", st.refusals),
         ("unpaired", st.unpaired),
@@ -329,6 +334,8 @@ def render(st: Status) -> str:
     else:
         src = "live view only (no daemon, no state file)"
     lines.append(f"health: {st.health.value}; source: {src}")
+    if st.attention_button.startswith("not seen"):
+        lines.append(f"attention button {st.attention_button}")
     if st.retry_in_s is not None:
         lines.append(f"the last reconciliation left work undone: tried again in {st.retry_in_s:g} s")
     if not st.running:
@@ -402,6 +409,8 @@ def render_pair(p: PairView, ms: list[Member]) -> str:
         + f", {p.switches} switches",
         f"  paired by {p.rule or 'no rule yet'}: {p.reason}" + (f"; label {p.label!r}" if p.label else ""),
     ]
+    if p.mac:
+        lines.append(f"  MAC: {MAC_MODES.get(p.mac, p.mac)}")
     if p.error:
         lines.append(f"  error: {p.error}")
     rows = [("MEMBER", "ROLE", "CARRIER", "SPEED", "DRIVER", "PCI", "SLOT", "PERMANENT MAC", "LINK FAILURES")]

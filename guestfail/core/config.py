@@ -30,7 +30,10 @@ IFNAMSIZ = 16  # including the terminating NUL: names are at most 15 bytes
 BACKENDS = ("bond", "team")
 NAMINGS = ("kernel", "keep")
 MASTER_POLICIES = ("on-pair", "from-start")
-RULES = ("serial", "mac")
+#: the matching rules agent.match may list (after the explicit pairs, in the
+#: order it lists them); DEFAULT_RULES when it lists none
+RULES = ("serial", "mac", "topology")
+DEFAULT_RULES = ("serial", "mac")
 FAIL_OVER_MAC = ("auto", "none", "active", "follow")
 #: bonding's fail_over_mac: the names the config and the bond's sysfs use,
 #: by the number the kernel takes and reports (IFLA_BOND_FAIL_OVER_MAC)
@@ -46,12 +49,14 @@ INGRESS = ("unicast", "off")
 HWADDR_POLICIES = ("auto", "same_all", "by_active", "only_active")
 STANDBY_KEYS = ("name", "mac", "pci", "vmbus")
 PRIMARY_KEYS = ("name", "mac", "pci", "slot", "serial")
+BRIDGE_KEYS = ("pci", "id")
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PCI_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _VMBUS_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _BAD_NAME_CHARS = frozenset("/: \t\n\v\f\r\0")
 _DRIVER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PCI_ID_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 
 
 def ifname_problem(name: str) -> Optional[str]:
@@ -75,7 +80,7 @@ def ifname_problem(name: str) -> Optional[str]:
 class Selector:
     """Which device: exactly one of its keys is set."""
 
-    key: str  # name | mac | pci | vmbus | slot | serial
+    key: str  # name | mac | pci | vmbus | slot | serial; a bridge's: pci | id
     value: str  # normalised: MACs lowercase, serials as decimal text
 
     def describe(self) -> str:
@@ -128,7 +133,7 @@ class Config:
     naming: str = "kernel"
     master_name: str = "gf{n}"
     master_policy: str = "on-pair"
-    rules: tuple[str, ...] = RULES
+    rules: tuple[str, ...] = DEFAULT_RULES
     standby_drivers: tuple[str, ...] = ("virtio_net", "hv_netvsc")
     primary_drivers: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
@@ -144,6 +149,8 @@ class Config:
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     serials: tuple[StandbySerial, ...] = ()
     pairs: tuple[ExplicitPair, ...] = ()
+    # the topology rule's bridges (none: any bridge with NICs below it)
+    bridges: tuple[Selector, ...] = ()
     source: str = ""
 
 
@@ -198,6 +205,10 @@ def _selector(table: Any, path: str, problems: Problems, keys: tuple[str, ...]) 
         if not _VMBUS_RE.match(value.lower()):
             problem = f"{value!r} is not a VMBus device id (a GUID)"
         value = value.lower()
+    elif key == "id":
+        if not _PCI_ID_RE.match(value.lower()):
+            problem = f"{value!r} is not a PCI vendor:device ID (1b36:000c)"
+        value = value.lower()
     # slot: a PCI slot name as the kernel shows it in /sys/bus/pci/slots
     elif not value or "/" in value or len(value) > 64 or not value.isprintable() or value in (".", ".."):
         problem = f"{value!r} is not a PCI slot name"
@@ -229,7 +240,7 @@ def parse(text: str, source: str = "") -> Config:
     if not _check_template(master_name, "agent.master_name", problems):
         master_name = "gf{n}"
     master_policy = agent.choice("master_policy", MASTER_POLICIES, "on-pair")
-    rules = agent.str_list("match", RULES)
+    rules = agent.str_list("match", DEFAULT_RULES)
     for i, r in enumerate(rules):
         if r not in RULES:
             problems.add(f"agent.match[{i}]", f"must be one of {', '.join(RULES)}, not {r!r}")
@@ -359,6 +370,19 @@ def parse(text: str, source: str = "") -> Config:
                 problems.add(f"pair[{i}].standby", f"same standby as pair[{j}]")
             if a.master and a.master == b2.master:
                 problems.add(f"pair[{i}].master", f"same master as pair[{j}]")
+    bridges: list[Selector] = []
+    for i, entry in enumerate(root.take("topology", list, [])):
+        path = f"topology[{i}]"
+        tp = Reader(entry, path, problems)
+        if tp.has("bridge"):
+            sel = _selector(tp.table.pop("bridge"), f"{path}.bridge", problems, BRIDGE_KEYS)
+            if sel is not None and sel in bridges:
+                problems.add(f"{path}.bridge", f"same bridge as topology[{bridges.index(sel)}]")
+            elif sel is not None:
+                bridges.append(sel)
+        elif isinstance(entry, dict):
+            problems.add(f"{path}.bridge", "is required")
+        tp.done()
     root.done()
     problems.raise_any()
 
@@ -381,6 +405,7 @@ def parse(text: str, source: str = "") -> Config:
         metrics=metrics,
         serials=tuple(st for _, st in serials),
         pairs=tuple(pr for _, pr in pairs),
+        bridges=tuple(bridges),
         source=source,
     )
 

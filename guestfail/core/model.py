@@ -137,6 +137,18 @@ class BondState:
 
 
 @dataclass(frozen=True)
+class Bridge:
+    """A PCI bridge above a device: a root port, a switch's port, a PCI-PCI
+    bridge (the topology rule pairs the NICs behind one)."""
+
+    address: str  # its PCI function, 0000:00:1c.0
+    id: str = ""  # vendor:device, 1b36:000c
+
+    def describe(self) -> str:
+        return f"{self.address} ({self.id})" if self.id else self.address
+
+
+@dataclass(frozen=True)
 class Link:
     ifindex: int
     name: str
@@ -158,6 +170,7 @@ class Link:
     bus: str = ""  # "pci", "virtio", "vmbus", "" (virtual)
     pci_address: str = ""  # the PCI function (for virtio: the virtio device's)
     slot: str = ""  # PCI slot name from /sys/bus/pci/slots, if any
+    bridges: tuple[Bridge, ...] = ()  # the PCI bridges above it, nearest first
     vmbus_id: str = ""
     standby_feature: bool = False  # virtio feature bit 62 negotiated
     is_vlan: bool = False

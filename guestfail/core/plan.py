@@ -29,6 +29,7 @@ from guestfail.core.steps import (
     Release,
     Rename,
     SetDown,
+    SetMac,
     SetPrimary,
     SetUp,
     Step,
@@ -55,6 +56,7 @@ class PairSpec:
     orig_name: str  # the standby's name before guestfail renamed it
     rule: str
     reason: str
+    set_mac: bool = False  # the primary takes the standby's MAC, where it allows
 
     @property
     def marker(self) -> str:
@@ -147,6 +149,7 @@ def spec_for(
         orig_name=orig,
         rule=pairing.rule,
         reason=pairing.reason,
+        set_mac=pairing.set_mac,
     )
     _check_names(spec, snap, master)
     return spec
@@ -239,10 +242,13 @@ def plan_pair(
     snap: Snapshot,
     drained: bool = False,
     entry: Optional[Entry] = None,
+    mac_refused: frozenset[int] = frozenset(),
 ) -> Plan:
     """The steps from `snap` to `spec`; empty when the pair is as it should be.
     A drained pair (prepare-unplug) keeps its primary enslaved but not as the
     bond's preferred member, so the kernel does not switch back to it.
+    `mac_refused`: primaries that refused the standby's MAC (set_mac is not
+    asked of them again).
     `entry`: the pair's journal entry, if a crash interrupted an earlier run:
     every address and route it lists ends up on the master."""
     plan = Plan(spec)
@@ -347,6 +353,7 @@ def plan_pair(
     if prim is not None and spec.primary_name is not None:
         p_enslaved = master is not None and prim.master == master.ifindex
         p_up = prim.up
+        set_mac = spec.set_mac and prim.mac != spec.mac and prim.ifindex not in mac_refused
         if prim.name != spec.primary_name:
             if p_up:
                 steps.append(SetDown(prim.ifindex))
@@ -357,13 +364,18 @@ def plan_pair(
                 steps.append(Release(prim.ifindex))
             if p_up:
                 steps.append(SetDown(prim.ifindex))
+            if set_mac:
+                steps.append(SetMac(prim.ifindex, spec.mac))
             steps.append(Enslave(prim.ifindex, mref))
             if cfg.backend == "team" and not drained:
                 # teamd's port priorities are not in the snapshot: set once,
                 # when the port joins
                 steps.append(SetPrimary(mref, prim.ifindex))
-        elif not p_up:
-            steps.append(SetUp(prim.ifindex))
+        else:
+            if set_mac:
+                steps.append(SetMac(prim.ifindex, spec.mac))
+            if not p_up:
+                steps.append(SetUp(prim.ifindex))
         if cfg.backend == "bond":
             current_primary = master.bond.primary if master is not None and master.bond else None
             want_primary = None if drained else prim.ifindex

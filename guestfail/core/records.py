@@ -20,6 +20,28 @@ SCHEMA = 1
 STATE_FILE = "state.json"
 HISTORY = 32
 
+#: how a pair's primary stands to the standby's MAC (status "mac")
+MAC_SAME = "same"  # their permanent MACs are equal
+MAC_SET = "set"  # the primary carries the standby's MAC (set for the pair)
+MAC_FOLLOWS = "follows-active"  # fail_over_mac=active: announced on every switch
+MAC_MODES = {
+    MAC_SAME: "the same permanent MAC",
+    MAC_SET: "the primary carries the standby's MAC (set for the pair)",
+    MAC_FOLLOWS: (
+        "the master's MAC follows the active member (fail_over_mac=active), announced at every switch"
+    ),
+}
+
+
+def mac_mode(sby: Link, prim: Optional[Link]) -> str:
+    if prim is None:
+        return ""
+    if prim.hw_mac == sby.hw_mac:
+        return MAC_SAME
+    if prim.mac == sby.hw_mac:
+        return MAC_SET
+    return MAC_FOLLOWS
+
 
 @dataclass(frozen=True)
 class Switch:
@@ -62,6 +84,8 @@ class PairRecord:
     decision: Optional[Decision] = None
     history: deque[Switch] = field(default_factory=lambda: deque(maxlen=HISTORY))
     switches: int = 0
+    primary_slot: str = ""  # the PCI slot of the primary (the attention button's)
+    mac: str = ""  # MAC_SAME, MAC_SET, MAC_FOLLOWS; "" without a primary
 
     @property
     def primary_enslaved(self) -> bool:
@@ -104,6 +128,8 @@ class PairRecord:
             self.primary_master = prim.master if prim else None
         self.primary = prim.ifindex if prim else None
         self.primary_name = prim.name if prim else ""
+        self.primary_slot = prim.slot if prim else ""
+        self.mac = mac_mode(sby, prim)
         return new_primary
 
     def names(self) -> dict[int, str]:
@@ -119,6 +145,20 @@ class PairRecord:
 
     def name_of(self, idx: Optional[int]) -> str:
         return self.names().get(idx, "") if idx is not None else ""
+
+    def paired_json(self) -> dict[str, Any]:
+        """A primary joined the pair: which, by which rule, why, and how its
+        MAC stands (the D-Bus signal Paired)."""
+        return {
+            "pair": self.master_name,
+            "key": self.key,
+            "standby": self.standby_name,
+            "primary": self.primary_name,
+            "slot": self.primary_slot or None,
+            "rule": self.rule,
+            "reason": self.reason,
+            "mac": self.mac or None,
+        }
 
     def to_json(self) -> dict[str, Any]:
         d = self.decision
@@ -136,6 +176,8 @@ class PairRecord:
             "primary": self.primary_name or None,
             "rule": self.rule,
             "reason": self.reason,
+            "mac": self.mac or None,
+            "slot": self.primary_slot or None,
             "drained": self.drained,
             "error": self.error,
             "switches": self.switches,

@@ -63,6 +63,17 @@ class Release:
 
 
 @dataclass(frozen=True)
+class SetMac:
+    """Give a primary the standby's MAC (the topology rule), or its own back.
+    A VF may refuse (an untrusted VF's MAC is the host's to set): the
+    executor notes that and goes on, and the pair works with the bond's
+    fail_over_mac=active instead."""
+
+    link: Ref
+    mac: str
+
+
+@dataclass(frozen=True)
 class SetPrimary:
     master: Ref
     slave: Optional[Ref]
@@ -98,6 +109,7 @@ Step = Union[
     Rename,
     Enslave,
     Release,
+    SetMac,
     SetPrimary,
     MoveAddresses,
     AddAddresses,

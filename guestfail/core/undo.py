@@ -8,11 +8,21 @@ from __future__ import annotations
 from typing import Optional
 
 from guestfail.core import naming
+from guestfail.core.config import FAIL_OVER_MAC_VALUES
 from guestfail.core.journal import Entry, movable
 from guestfail.core.match import standby_key
 from guestfail.core.model import Link, Snapshot, our_masters, parse_marker
 from guestfail.core.plan import missing_routes
-from guestfail.core.steps import AddAddresses, DeleteMaster, MoveAddresses, Rename, SetDown, SetUp, Step
+from guestfail.core.steps import (
+    AddAddresses,
+    DeleteMaster,
+    MoveAddresses,
+    Rename,
+    SetDown,
+    SetMac,
+    SetUp,
+    Step,
+)
 
 
 def leaked_masters(snap: Snapshot, live_keys: set[str]) -> list[Link]:
@@ -99,6 +109,12 @@ def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) ->
         steps.append(MoveAddresses(master.ifindex, standby.ifindex, moving, routes))
     for s, own in _renamed_primaries(master, standby, snap):
         steps.append(Rename(s.ifindex, own, reclaim_from=(s.ifindex,)))
+    if master.bond is not None and master.bond.fail_over_mac == FAIL_OVER_MAC_VALUES["active"]:
+        # a bond with fail_over_mac=active gives its slaves no MAC back: a
+        # primary that took the standby's (the topology rule) gets its own
+        for s in snap.slaves_of(master.ifindex):
+            if s.ifindex != standby.ifindex and s.perm_mac and s.mac != s.perm_mac:
+                steps.append(SetMac(s.ifindex, s.perm_mac))
     return steps
 
 

@@ -55,13 +55,17 @@ HEALTH_STATES = ("healthy", "degraded", "failed")
 ROLES = ("primary", "standby")
 
 _NAME_EVENT = re.compile(r"^(\S+) (lost carrier|got carrier|removed|joined|changed)$")
+_BUTTON = re.compile(r"^attention button on slot \S+")
 
 
 def reason_label(reason: str, pair: Mapping[str, Any]) -> str:
     """A switch's reason without interface names, so that the label's values
     stay few: "ens4npf lost carrier" -> "primary lost carrier".  The standby
     keeps its name; any other member named is the primary (a VF's name may
-    change from one plug to the next)."""
+    change from one plug to the next); "attention button on slot 5001" ->
+    "attention button"."""
+    if _BUTTON.match(reason):  # the slot's name varies from one plug to the next
+        return "attention button" + (" cancelled" if reason.endswith("cancelled") else "")
     m = _NAME_EVENT.match(reason)
     if m is None:
         return reason or "unknown"

@@ -35,6 +35,7 @@ def assemble(dump: Dump, sysfs: Sysfs, udev: Optional[UdevReader] = None) -> Sna
             "bus": dev.bus,
             "pci_address": dev.pci_address,
             "slot": Sysfs.slot_for(dev.pci_address, slots) if dev.bus == "pci" else "",
+            "bridges": dev.bridges,
             "vmbus_id": dev.vmbus_id,
             "standby_feature": dev.standby_feature,
             "addresses": tuple(addrs.get(nl.ifindex, ())),

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from guestfail.core.model import VIRTIO_NET_F_STANDBY
+from guestfail.core.model import VIRTIO_NET_F_STANDBY, Bridge
+
+_PCI_FUNCTION = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class DeviceInfo:
     pci_address: str = ""
     vmbus_id: str = ""
     standby_feature: bool = False
+    bridges: tuple[Bridge, ...] = ()  # the PCI bridges above the device, nearest first
     # the name belongs to another link now (renamed between the netlink dump
     # and this read): nothing here can be trusted for the link asked about
     stale: bool = False
@@ -76,7 +80,35 @@ class Sysfs:
             standby = len(features) > VIRTIO_NET_F_STANDBY and features[VIRTIO_NET_F_STANDBY] == "1"
         elif bus == "vmbus":
             vmbus = (self._read(dev / "device_id") or real.name).strip("{}").lower()
-        return DeviceInfo(driver, bus, pci, vmbus, standby)
+        return DeviceInfo(driver, bus, pci, vmbus, standby, self._bridges(real, pci) if pci else ())
+
+    def _bridges(self, real: Path, function: str) -> tuple[Bridge, ...]:
+        """The PCI bridges above a PCI function, nearest first: the PCI
+        functions on its sysfs path before its own, each with its
+        vendor:device ID."""
+        parts = real.parts
+        if function not in parts:
+            return ()
+        out = []
+        for i, part in enumerate(parts[: parts.index(function)]):
+            if _PCI_FUNCTION.match(part):
+                d = Path(*parts[: i + 1])
+                vendor = (self._read(d / "vendor") or "").lower().removeprefix("0x")
+                device = (self._read(d / "device") or "").lower().removeprefix("0x")
+                out.append(Bridge(part, f"{vendor}:{device}" if vendor and device else ""))
+        return tuple(reversed(out))
+
+    def slot_bridges(self) -> dict[str, tuple[str, ...]]:
+        """PCI device address of each slot (0000:03:00) -> the addresses of
+        the bridges above it, nearest (the slot's own port) first."""
+        out: dict[str, tuple[str, ...]] = {}
+        for address in self.pci_slots():
+            bus = address.rsplit(":", 1)[0]
+            port = Path(os.path.realpath(self.root / "class" / "pci_bus" / bus / "device"))
+            chain = [p for p in port.parts if _PCI_FUNCTION.match(p)]
+            if chain:
+                out[address] = tuple(reversed(chain))
+        return out
 
     def pci_slots(self) -> dict[str, str]:
         """PCI device address (domain:bus:device) -> slot name.  Hyper-V

@@ -159,9 +159,9 @@ SCHEMA: dict[str, Any] = {
                         },
                         "match": {
                             "type": "array",
-                            "items": {"enum": ["serial", "mac"]},
+                            "items": {"enum": ["serial", "mac", "topology"]},
                             "uniqueItems": True,
-                            "description": "Matching rules in order. Default: [serial, mac].",
+                            "description": "Matching rules, the first wins. Default: [serial, mac].",
                         },
                         "standby_drivers": {**_DRIVERS, "description": "Extra standby drivers."},
                         "primary_drivers": {**_DRIVERS, "description": "Allowed primary drivers."},
@@ -232,6 +232,32 @@ SCHEMA: dict[str, Any] = {
                         },
                     },
                 },
+                "topology": {
+                    "type": "array",
+                    "description": "The bridges the topology rule pairs the NICs behind.",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["bridge"],
+                        "properties": {
+                            "bridge": {
+                                "type": "object",
+                                "description": "Exactly one of pci, id (vendor:device).",
+                                "properties": {
+                                    "pci": _PCI,
+                                    "id": {
+                                        "type": "string",
+                                        "pattern": "^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}$",
+                                        "description": "A PCI vendor:device ID such as 1b36:000c.",
+                                    },
+                                },
+                                "additionalProperties": False,
+                                "minProperties": 1,
+                                "maxProperties": 1,
+                            },
+                        },
+                    },
+                },
                 "pair": {
                     "type": "array",
                     "description": "Explicit pairs, matched before any rule.",
@@ -259,12 +285,12 @@ SCHEMA: dict[str, Any] = {
 
 # The order tables and keys are written in: the schema's.
 _TABLES = ("agent", "bond", "team", "metrics")
-_ARRAYS = ("standby", "pair")
+_ARRAYS = ("standby", "topology", "pair")
 
 MODULE_DESCRIPTION = """\
 Writes guestfail's configuration, /etc/guestfail/guestfail.toml, from the
 ``guestfail`` mapping, which mirrors the TOML file: the tables ``agent``,
-``bond`` and ``team``, and the lists ``standby`` and ``pair``.  Keys left out
+``bond`` and ``team``, and the lists ``standby``, ``topology`` and ``pair``.  Keys left out
 keep guestfail's defaults; ``guestfail: {}`` writes a file with none set.
 The configuration is checked with ``guestfail check-config`` before it
 replaces the old file; then guestfail.service is enabled and started, or

@@ -241,6 +241,7 @@ def _defaults() -> dict[str, dict[str, Any]]:
         "metrics": dataclasses.asdict(gf_config.MetricsOptions()),
         "standby": {"require_mac": serial_fields["require_mac"]},
         "pair": {"master": pair_fields["master"], "fail_over_mac": pair_fields["fail_over_mac"]},
+        "topology": {},  # bridge: required, no default
     }
 
 

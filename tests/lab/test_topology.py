@@ -73,3 +73,23 @@ SB = Nic("a", "standby", "02:00:00:00:00:01", "p1")
 def test_inconsistent_topologies_are_refused(topo: Topology, problem: str) -> None:
     with pytest.raises(TopologyError, match=problem):
         topo.validate()
+
+
+def test_a_switch_sits_on_a_root_port_with_its_downstream_ports() -> None:
+    """The topology rule's lab: root ports keep their fixed addresses (the
+    switch's downstream ports do not count among them)."""
+    topo = topology.switched(extra_vf=True, vf_at_boot=True)
+    args = qemu_args(topo, backends(topo), "/q", "/c")
+    devices = [args[i + 1] for i, a in enumerate(args) if a == "-device"]
+    assert "pcie-root-port,id=p1,chassis=1,slot=30,addr=0x10.0x0,multifunction=on" in devices
+    assert "pcie-root-port,id=p5,chassis=2,slot=21,addr=0x10.0x1" in devices
+    assert "x3130-upstream,id=sw0,bus=p1" in devices
+    downstream = [d for d in devices if d.startswith("xio3130-downstream")]
+    assert downstream == [
+        f"xio3130-downstream,id=d{i},bus=sw0,chassis={99 + i},slot={30 + i}" for i in (1, 2, 3)
+    ]
+    assert [p.id for p in topo.root_ports()] == ["p1", "p5"]
+    with pytest.raises(TopologyError, match="native hot-plug only"):
+        Topology(topo.ports, topo.nics, switches=topo.switches).validate()
+    with pytest.raises(TopologyError, match="no switch"):
+        Topology((Port("p1", 1), Port("d1", 2, switch="sw9")), (), hotplug="native").validate()

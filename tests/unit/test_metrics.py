@@ -274,3 +274,14 @@ def test_the_daemon_writes_it_with_its_state_file(tmp_path: Path) -> None:
         )
         == 1
     )
+
+
+def test_the_attention_buttons_slot_is_not_a_label_value() -> None:
+    from guestfail.system.metrics import reason_label
+
+    pair = {"standby": "ens4nsby"}
+    assert reason_label("attention button on slot 5001", pair) == "attention button"
+    assert reason_label("attention button on slot 5002", pair) == "attention button"
+    cancelled = "attention button on slot 5001 pressed again: removal cancelled"
+    assert reason_label(cancelled, pair) == "attention button cancelled"
+    assert reason_label("prepare-unplug", pair) == "prepare-unplug"
