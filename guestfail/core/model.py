@@ -18,6 +18,9 @@ IFF_RUNNING = 0x40
 IFF_LOWER_UP = 0x10000
 
 ARPHRD_ETHER = 1
+#: IFA_F_NOPREFIXROUTE: an address without the kernel's prefix route (what
+#: NetworkManager adds, to set the prefix route's metric itself)
+IFA_F_NOPREFIXROUTE = 0x200
 
 #: virtio-net feature bit 62: the hypervisor offers a failover standby
 VIRTIO_NET_F_STANDBY = 62

@@ -20,7 +20,16 @@ from guestfail.core import naming
 from guestfail.core.config import FAIL_OVER_MAC_VALUES, Config
 from guestfail.core.journal import Entry, movable
 from guestfail.core.match import Pairing
-from guestfail.core.model import Address, Link, Route, Snapshot, is_ours, make_marker, our_masters
+from guestfail.core.model import (
+    IFA_F_NOPREFIXROUTE,
+    Address,
+    Link,
+    Route,
+    Snapshot,
+    is_ours,
+    make_marker,
+    our_masters,
+)
 from guestfail.core.steps import (
     CreateMaster,
     Enslave,
@@ -185,9 +194,6 @@ def _on(link: Link, addresses: tuple[Address, ...]) -> set[tuple[int, str, int]]
     return {a.key for a in addresses} & have
 
 
-#: IFA_F_NOPREFIXROUTE: an address without the kernel's prefix route (what
-#: NetworkManager adds, to set the prefix route's metric itself)
-IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 0x4
 AF_INET = 2
 

@@ -381,7 +381,9 @@ class Netlink:
 
     def del_route(self, oif: int, name: str, r: Route) -> None:
         """Remove `r` as it goes out of `oif`; already gone: no error."""
-        kw: dict[str, Any] = {"family": r.family, "dst_len": r.dst_len, "table": r.table}
+        # RT_SCOPE_NOWHERE: any scope (pyroute2 sends universe unless told,
+        # and the kernel then does not find a link-scope route: ESRCH)
+        kw: dict[str, Any] = {"family": r.family, "dst_len": r.dst_len, "table": r.table, "scope": 255}
         if r.dst:
             kw["dst"] = r.dst
         if r.priority:

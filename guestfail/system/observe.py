@@ -45,7 +45,11 @@ def assemble(dump: Dump, sysfs: Sysfs, udev: Optional[UdevReader] = None) -> Sna
             fields["udev_initialized"] = info.initialized
             fields["udev"] = info.properties
         links[nl.ifindex] = dataclasses.replace(nl, **fields)  # type: ignore[arg-type]
-    routes = tuple((oif, r) for oif, r in dump.routes if (oif in links or r.nexthops) and movable_route(r))
+    routes = tuple(
+        (oif, r)
+        for oif, r in dump.routes
+        if (oif in links or r.nexthops) and movable_route(r, addrs.get(oif, ()))
+    )
     return Snapshot(links=links, routes=routes, unstable=tuple(unstable))
 
 

@@ -5,11 +5,13 @@ messages.  Unit tests replay recorded dumps through them."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
+from collections.abc import Iterable
 from typing import Any, Optional
 
-from guestfail.core.model import ARPHRD_ETHER, Address, BondState, Link, NextHop, Route
+from guestfail.core.model import ARPHRD_ETHER, IFA_F_NOPREFIXROUTE, Address, BondState, Link, NextHop, Route
 
 NLMSG_HDR = struct.Struct("=LHHLL")
 #: route protocols guestfail moves with the addresses (not the kernel's own)
@@ -183,10 +185,30 @@ def parse_route(msg: Any) -> Optional[tuple[int, Route]]:
     )
 
 
-def movable_route(route: Route) -> bool:
+def movable_route(route: Route, addresses: Optional[Iterable[Address]] = None) -> bool:
     """Routes that follow addresses to the master: not the kernel's own
-    (prefix and local routes are recreated with the addresses)."""
-    return route.protocol != _KERNEL_PROTO and route.table != _LOCAL_TABLE and route.type == 1
+    (prefix and local routes are recreated with the addresses).
+
+    `addresses`: those of the route's link, when known.  A route of
+    protocol "kernel" is the kernel's own only if one of them makes it: an
+    address with that prefix, added without IFA_F_NOPREFIXROUTE.
+    NetworkManager adds its addresses with that flag and the prefix routes
+    itself, with protocol "kernel" and its own metric: those move, or the
+    gateway behind them is unreachable where the addresses went."""
+    if route.table == _LOCAL_TABLE or route.type != 1:
+        return False
+    if route.protocol != _KERNEL_PROTO:
+        return True
+    if addresses is None:
+        return False
+    return not any(_makes_prefix_route(a, route) for a in addresses)
+
+
+def _makes_prefix_route(a: Address, route: Route) -> bool:
+    if a.family != route.family or a.flags & IFA_F_NOPREFIXROUTE or a.prefixlen != route.dst_len:
+        return False
+    net = ipaddress.ip_network(f"{a.peer or a.address}/{a.prefixlen}", strict=False)
+    return bool(route.dst) and ipaddress.ip_address(route.dst) == net.network_address
 
 
 def split_messages(data: bytes) -> list[tuple[int, bytes]]:

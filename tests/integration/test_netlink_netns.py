@@ -240,3 +240,40 @@ def test_moving_addresses_and_routes_keeps_every_detail(netns: str) -> None:
             nl.close()
 
     in_netns(netns, body)
+
+
+def test_network_managers_prefix_route_moves_with_its_address(netns: str) -> None:
+    """NetworkManager adds its IPv4 addresses with noprefixroute and the
+    prefix route itself, as protocol "kernel" with its own metric: that
+    route is not the kernel's own and moves (and goes first), or the default
+    route's gateway is unreachable where the address went (ENETUNREACH)."""
+
+    def body() -> None:
+        nl = Netlink()
+        try:
+            a, _ = veth(nl, "gfa", "gfb")
+            c, _ = veth(nl, "gfc", "gfd")
+            for dev in ("gfa", "gfb", "gfc", "gfd"):
+                ip("link", "set", dev, "up")
+            ip("addr", "add", "192.0.2.2/24", "dev", "gfa", "noprefixroute")
+            ip("route", "add", "192.0.2.0/24", "dev", "gfa", "proto", "kernel", "scope", "link", "src",
+               "192.0.2.2", "metric", "100")  # fmt: skip
+            ip("route", "add", "default", "via", "192.0.2.1", "dev", "gfa", "proto", "dhcp", "metric", "100")
+            before = nl.dump()
+            links = {x.ifindex: x for x in before.links}
+            held = [x for i, x in before.addresses if i == a]  # as observe() sees them
+            addrs = [x for x in held if not x.link_local]
+            snap = Snapshot(links, tuple((o, r) for o, r in before.routes if movable_route(r, held)))
+            routes = tuple(snap.routes_via(a))
+            assert sorted(r.dst for r in routes) == ["", "192.0.2.0"]
+            Executor(nl, BondBackend(Config(), nl, Sysfs())).run_steps(
+                "t", [MoveAddresses(a, c, tuple(addrs), routes)], links
+            )
+            after = nl.dump()
+            moved = [x for i, x in after.addresses if i == c]
+            have = {r.key for o, r in after.routes if movable_route(r, moved) and r.uses(c, o)}
+            assert have == {r.moved(a, c).key for r in routes}
+        finally:
+            nl.close()
+
+    in_netns(netns, body)

@@ -10,7 +10,7 @@ import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from guestfail.core.model import Link, Route
+from guestfail.core.model import Address, Link, Route
 from guestfail.system.netlink import Dump
 from guestfail.system.rtnl import movable_route, parse_addr, parse_link, split_messages
 
@@ -149,3 +149,27 @@ def test_a_message_longer_than_the_buffer_is_a_loss_not_a_silent_cut() -> None:
     batch = mon.read(lambda: 7)
     assert len(batch.events) == RECV_BYTES // len(messages[0])
     assert batch.lost.startswith("a netlink message longer than")
+
+
+V4 = Address(2, "192.0.2.2", 24)
+V4_NM = Address(2, "192.0.2.2", 24, flags=0x200)  # IFA_F_NOPREFIXROUTE, as NetworkManager adds it
+V6 = Address(10, "2001:db8::2", 64)
+
+
+@pytest.mark.parametrize(
+    ("route", "addresses", "movable"),
+    [
+        # the kernel's prefix route, made by the address
+        (Route(2, "192.0.2.0", 24, protocol=2), [V4], False),
+        (Route(10, "2001:db8::", 64, protocol=2, priority=256), [V6], False),
+        # NetworkManager's: protocol "kernel", its metric, the address without a prefix route
+        (Route(2, "192.0.2.0", 24, protocol=2, priority=100), [V4_NM], True),
+        # protocol "kernel" with no address of that prefix: not the kernel's own either
+        (Route(2, "198.51.100.0", 24, protocol=2), [V4], True),
+        (Route(2, "192.0.2.2", 32, table=255, protocol=2, type=2), [V4_NM], False),
+    ],
+)
+def test_a_kernel_route_moves_unless_an_address_makes_it(
+    route: Route, addresses: list[Address], movable: bool
+) -> None:
+    assert movable_route(route, addresses) is movable
