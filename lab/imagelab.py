@@ -493,17 +493,8 @@ class ImageLab(Lab):
         after_ns: int,
         timeout: float,
     ) -> QmpEvent:
-        async def waiter() -> QmpEvent:
-            assert self._event_cond is not None
-            async with self._event_cond:
-                while True:
-                    for ev in host.events:
-                        if ev.t_ns >= after_ns and ev.name == name and (pred is None or pred(ev.data)):
-                            return ev
-                    await self._event_cond.wait()
-
         try:
-            return await asyncio.wait_for(waiter(), timeout)
+            return await asyncio.wait_for(self._event_in(host.events, name, pred, after_ns), timeout)
         except asyncio.TimeoutError:
             raise LabError(f"{host.name}: no QMP event {name} within {timeout} s") from None
 

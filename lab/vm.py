@@ -551,18 +551,21 @@ class Lab:
     def set_link(self, nic_id: str, up: bool) -> None:
         self.qmp("set_link", {"name": nic_id, "up": up})
 
-    def wait_qmp_event(self, name: str, pred: Any = None, after_ns: int = 0, timeout: float = 30) -> QmpEvent:
-        async def waiter() -> QmpEvent:
-            assert self._event_cond is not None
-            async with self._event_cond:
-                while True:
-                    for ev in self.qmp_events:
-                        if ev.t_ns >= after_ns and ev.name == name and (pred is None or pred(ev.data)):
-                            return ev
-                    await self._event_cond.wait()
+    async def _event_in(self, events: list[QmpEvent], name: str, pred: Any, after_ns: int) -> QmpEvent:
+        """The first event `name` at or after `after_ns` in `events` (a list
+        the QMP readers append to) that `pred` accepts, once there is one."""
+        assert self._event_cond is not None
+        async with self._event_cond:
+            while True:
+                for ev in events:
+                    if ev.t_ns >= after_ns and ev.name == name and (pred is None or pred(ev.data)):
+                        return ev
+                await self._event_cond.wait()
 
+    def wait_qmp_event(self, name: str, pred: Any = None, after_ns: int = 0, timeout: float = 30) -> QmpEvent:
+        waiter = self._event_in(self.qmp_events, name, pred, after_ns)
         try:
-            return self._loop.call(asyncio.wait_for(waiter(), timeout), timeout + 5)
+            return self._loop.call(asyncio.wait_for(waiter, timeout), timeout + 5)
         except asyncio.TimeoutError:
             raise LabError(f"no QMP event {name} within {timeout} s") from None
 

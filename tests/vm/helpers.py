@@ -18,6 +18,9 @@ from typing import Any, Callable, Optional
 from lab.agent import agent_argv, install_files, start_system_bus
 from lab.vm import Lab, guest_kernel
 
+#: the daemon's state file
+STATE_FILE = "/run/guestfail/state.json"
+
 REPO = Path(__file__).resolve().parent.parent.parent
 CONFIG_PATH = "/etc/guestfail/guestfail.toml"
 GUEST_IP = "192.0.2.2"
@@ -103,6 +106,14 @@ class Guest:
         r = self.guestfail("status", "--json", "--no-dbus")
         assert r.rc in (0, 3, 4), r
         doc: dict[str, Any] = json.loads(r.out)
+        return doc
+
+    def state(self) -> dict[str, Any]:
+        """The daemon's state file (what `status` reads, without starting
+        the CLI's Python)."""
+        text = self.lab.read_file(STATE_FILE)
+        assert text is not None, f"no {STATE_FILE}"
+        doc: dict[str, Any] = json.loads(text)
         return doc
 
     # ----------------------------------------------------------- kernel

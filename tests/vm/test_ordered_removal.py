@@ -7,26 +7,14 @@ goes back to its VF.  One guest for all of it (the CI budget)."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 import pytest
 
 from lab import topology
 from lab.vm import LabError
 
-from .helpers import Guest, replies_on, stream_start, stream_stop
-
-STATE = "/run/guestfail/state.json"
-
-
-def state(g: Guest) -> dict[str, Any]:
-    """The daemon's state file (what `status` reads; the CLI is slow under TCG)."""
-    text = g.lab.read_file(STATE)
-    assert text is not None
-    doc: dict[str, Any] = json.loads(text)
-    return doc
+from .helpers import STATE_FILE, Guest, replies_on, stream_start, stream_stop
 
 
 def removal_loses_nothing(g: Guest, master: str, port: str, slot: int, rate: float) -> None:
@@ -47,8 +35,8 @@ def removal_loses_nothing(g: Guest, master: str, port: str, slot: int, rate: flo
     assert window.sent > rate * 4, f"the window is the 5 s pciehp waits: {window.sent} sent in {took:.1f} s"
     assert window.lost == 0, f"{rate:g} pps: lost (ms after device_del, path): {lost}"
     assert g.link(master)["linkinfo"]["info_data"]["active_slave"] == nsby
-    g.lab.wait_file(STATE, contains='"primary": null')  # the daemon saw the VF go
-    (pair,) = state(g)["pairs"]
+    g.lab.wait_file(STATE_FILE, contains='"primary": null')  # the daemon saw the VF go
+    (pair,) = g.state()["pairs"]
     moved = [s for s in pair["history"] if s["reason"] == f"attention button on slot {slot}"]
     assert moved and (moved[-1]["from"], moved[-1]["to"], moved[-1]["by"]) == (npf, nsby, "guestfail")
     assert pair["drained"] is False and pair["primary"] is None  # the VF is gone: the drain did its job
@@ -59,7 +47,7 @@ def test_the_attention_button_moves_the_pair_before_the_slot_goes_off(boot) -> N
     g: Guest = boot(topology.basic(hotplug="native", with_other=False))
     master = g.setup_standby()
     g.start_agent()
-    assert state(g)["daemon"]["attention_button"] == "watched (/dev/kmsg)"
+    assert g.state()["daemon"]["attention_button"] == "watched (/dev/kmsg)"
     npf = f"{master}npf"
 
     removal_loses_nothing(g, master, "p2", 5001, 200)
@@ -81,7 +69,7 @@ def test_the_attention_button_moves_the_pair_before_the_slot_goes_off(boot) -> N
     report = stream_stop(g.lab, stream)
     assert report.window(t0, time.monotonic_ns()).lost == 0
     assert g.link(npf)["master"] == master
-    (pair,) = state(g)["pairs"]
+    (pair,) = g.state()["pairs"]
     assert (pair["active"], pair["drained"], pair["state"]) == (npf, False, "healthy")
     reasons = [s["reason"] for s in pair["history"][-2:]]
     assert reasons == [

@@ -7,24 +7,14 @@ standby's MAC, and carries the traffic.  One guest for all of it."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
 from lab import topology
 from lab.topology import SBY_MAC, SWITCH_ID, VF_MAC
 
-from .helpers import Guest, replies_on, stream_start, stream_stop
+from .helpers import STATE_FILE, Guest, replies_on, stream_start, stream_stop
 
 CONFIG = f'[agent]\nmatch = ["topology", "mac"]\n[[topology]]\nbridge = {{ id = "{SWITCH_ID}" }}\n'
-STATE = "/run/guestfail/state.json"
-
-
-def state(g: Guest) -> dict[str, Any]:
-    text = g.lab.read_file(STATE)
-    assert text is not None
-    doc: dict[str, Any] = json.loads(text)
-    return doc
 
 
 def test_pairs_behind_one_bridge_refuses_three_and_takes_a_vf_plugged_into_it(boot) -> None:  # type: ignore[no-untyped-def]
@@ -35,7 +25,7 @@ def test_pairs_behind_one_bridge_refuses_three_and_takes_a_vf_plugged_into_it(bo
     g.start_agent(CONFIG)
 
     # three NICs behind the switch: which two belong together is not clear
-    doc = state(g)
+    doc = g.state()
     assert doc["pairs"] == []
     by_links = {tuple(sorted(r["links"])): r["reason"] for r in doc["refusals"]}
     reason = by_links[tuple(sorted((sby, vf0, vf1)))]
@@ -66,10 +56,10 @@ def test_pairs_behind_one_bridge_refuses_three_and_takes_a_vf_plugged_into_it(bo
     m = g.link(master)
     assert m["address"] == SBY_MAC and m["linkinfo"]["info_data"]["fail_over_mac"] == "active"
     assert g.udev(npf).get("NM_UNMANAGED") == "1"
-    g.lab.wait_file(STATE, contains='"rule": "topology"')
-    (pair,) = state(g)["pairs"]
+    g.lab.wait_file(STATE_FILE, contains='"rule": "topology"')
+    (pair,) = g.state()["pairs"]
     assert (pair["rule"], pair["mac"], pair["primary"], pair["slot"]) == ("topology", "set", npf, "33")
     assert "behind bridge" in pair["reason"] and f"({SWITCH_ID})" in pair["reason"]
     # the NIC elsewhere with the standby's MAC is still not taken
-    assert any("already paired with" in r["reason"] for r in state(g)["refusals"] if x0 in r["links"])
+    assert any("already paired with" in r["reason"] for r in g.state()["refusals"] if x0 in r["links"])
     assert "master" not in g.link(x0)
