@@ -97,6 +97,12 @@ def _refused(what: str, exc: Exception) -> SystemRefused:
     return SystemRefused(f"{what}: {exc}")
 
 
+def _no_such_link(e: Exception) -> bool:
+    """pyroute2's NetlinkError (not imported unless IPRoute is) for a link
+    that is not there; anything else is the caller's to see."""
+    return type(e).__name__ == "NetlinkError" and getattr(e, "code", None) == errno.ENODEV
+
+
 class Links:
     """The probe's rtnetlink requests (one IPRoute socket)."""
 
@@ -125,9 +131,12 @@ class Links:
         return int(found[0]) if found else None
 
     def name(self, ifindex: int) -> Optional[str]:
+        """The link's name; None when there is no such link (ENODEV)."""
         try:
             return str(_attr(self._get(ifindex), "IFLA_IFNAME"))
-        except Exception:
+        except Exception as e:
+            if not _no_such_link(e):
+                raise
             return None
 
     def pf_link(self, name: str) -> PfLink:
@@ -140,7 +149,9 @@ class Links:
         if master_idx:
             try:
                 master = self._get(int(master_idx))
-            except Exception:
+            except Exception as e:
+                if not _no_such_link(e):
+                    raise
                 master = None
         return parse_pf_link(msg, master)
 
