@@ -27,9 +27,9 @@ from typing import Any, Optional
 
 from guestfail.core.config import Config
 from guestfail.core.errors import GuestfailError, SystemRefused
-from guestfail.core.interfaces import Outcome
-from guestfail.core.model import Link, Snapshot
-from guestfail.core.plan import PairSpec, master_of
+from guestfail.core.interfaces import AfterRunOnly, Outcome
+from guestfail.core.model import Link
+from guestfail.core.plan import master_of
 from guestfail.core.steps import CreateMaster
 from guestfail.system import processes
 from guestfail.system.dbus import BusClient, BusError
@@ -211,7 +211,7 @@ class TeamBackend:
         return doc if isinstance(doc, dict) else None
 
 
-class TeamdSupervision:
+class TeamdSupervision(AfterRunOnly):
     """Each team master has its teamd: started again (taking the device
     over) where it is missing; the pids go to the daemon, which watches them."""
 
@@ -219,18 +219,6 @@ class TeamdSupervision:
 
     def __init__(self, backend: TeamBackend) -> None:
         self.backend = backend
-
-    def begin(self) -> None:
-        pass
-
-    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
-        return None
-
-    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
-        pass
-
-    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
-        pass
 
     def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
         masters = []

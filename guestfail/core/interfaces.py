@@ -99,3 +99,21 @@ class Integration(Protocol):
 
     def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
         """After the last pass: `kept` maps pair keys to their journal data."""
+
+
+class AfterRunOnly:
+    """The Integration hooks an integration that acts only after a run
+    leaves alone (systemd-networkd, ifupdown, teamd's supervision): each
+    does nothing.  Subclasses give `name` and `after_run`."""
+
+    def begin(self) -> None:
+        pass
+
+    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
+        return None
+
+    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
+        pass
+
+    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
+        pass

@@ -49,9 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from guestfail.core.interfaces import Outcome
-from guestfail.core.model import Snapshot
-from guestfail.core.plan import PairSpec
+from guestfail.core.interfaces import AfterRunOnly, Outcome
 from guestfail.system import processes
 from guestfail.system.inotify import system_bus_up
 
@@ -299,7 +297,7 @@ def bus_client() -> Any:
     return BusClient(timeout=5.0)
 
 
-class IfupdownIntegration:
+class IfupdownIntegration(AfterRunOnly):
     """The reconciler's hook: after a run that moved names, ifupdown's
     clients follow them (at boot, once the system bus is up)."""
 
@@ -307,18 +305,6 @@ class IfupdownIntegration:
 
     def __init__(self) -> None:
         self.pending: set[str] = set()  # names moved before the system bus was up
-
-    def begin(self) -> None:
-        pass
-
-    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
-        return None
-
-    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
-        pass
-
-    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
-        pass
 
     def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
         names = out.renamed | self.pending

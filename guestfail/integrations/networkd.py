@@ -33,9 +33,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from guestfail.core.interfaces import Outcome
-from guestfail.core.model import Snapshot
-from guestfail.core.plan import PairSpec
+from guestfail.core.interfaces import AfterRunOnly, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -180,23 +178,11 @@ def reload(bus_factory: Callable[[], Any]) -> None:
             close()
 
 
-class NetworkdIntegration:
+class NetworkdIntegration(AfterRunOnly):
     """The reconciler's hook: after a run that gave standbys' names to
     masters, the .network files that matched the standbys match the masters."""
 
     name = "systemd-networkd"
-
-    def begin(self) -> None:
-        pass
-
-    def capture(self, spec: PairSpec, snap: Snapshot) -> Optional[dict[str, Any]]:
-        return None
-
-    def before_touch(self, spec: PairSpec, snap: Snapshot) -> None:
-        pass
-
-    def before_enslave(self, spec: PairSpec, master: int, master_name: str, kept: dict[str, Any]) -> None:
-        pass
 
     def after_run(self, out: Outcome, kept: dict[str, dict[str, Any]]) -> None:
         if not out.renamed:
