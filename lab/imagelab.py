@@ -49,7 +49,7 @@ from typing import Any, Callable, Optional
 
 from lab import image as image_mod
 from lab.topology import Backend, Topology, qemu_args
-from lab.vm import Lab, LabError, QmpEvent, _Control, _free_udp_port, accel
+from lab.vm import Lab, LabError, QmpEvent, _Control, _free_udp_port, accel, file_tail
 
 log = logging.getLogger("lab.image")
 
@@ -321,11 +321,7 @@ class ImageLab(Lab):
         return dest
 
     def journal_console_tail(self, lines: int = 80) -> str:
-        try:
-            text = self.journal_console_log.read_text(errors="replace")
-        except OSError:
-            return "(no journal console)"
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.journal_console_log, lines, "(no journal console)")
 
     # ------------------------------------------------------------ qemu-guest-agent
 

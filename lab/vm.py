@@ -70,6 +70,15 @@ def compile_checkout() -> None:
         compileall.compile_dir(str(REPO / pkg), quiet=1)
 
 
+def file_tail(path: Path, lines: int, missing: str) -> str:
+    """The last `lines` lines of a log the lab keeps, or `missing`."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return missing
+    return "\n".join(text.splitlines()[-lines:])
+
+
 class LabError(RuntimeError):
     """The lab itself failed (QEMU, the guest helper, a deadline)."""
 
@@ -578,11 +587,7 @@ class Lab:
     # ------------------------------------------------------------ teardown
 
     def console_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.console_log.read_text(errors="replace")
-        except OSError:
-            return "(no console log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.console_log, lines, "(no console log)")
 
     def close(self) -> None:
         if self._closed:
