@@ -46,6 +46,32 @@ def find_port(name: str = PORT_NAME) -> str:
     raise SystemExit(f"guest_helper: no virtio port named {name}")
 
 
+def stuck_report(pid: int) -> str:
+    """Where a process and its session are: state, kernel stack, and the
+    kernel log's tail (hung-task and unregister_netdevice warnings)."""
+    lines = []
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) != pid:  # the session id
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            lines.append(f"pid {entry} state {fields[0]}: {cmd}")
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stack") as f:
+                lines.extend("    " + x for x in f.read().splitlines())
+        except (OSError, ValueError, IndexError):
+            continue
+    kmsg = subprocess.run(["dmesg"], capture_output=True, check=False).stdout.decode(errors="replace")
+    lines.append("kernel log (tail):")
+    lines.extend(kmsg.splitlines()[-30:])
+    return "\n".join(lines)
+
+
 class Channel:
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDWR)
@@ -370,22 +396,34 @@ class Helper:
 
     # each op returns a dict (the reply) or raises
     def op_run(self, r: dict[str, Any]) -> dict[str, Any]:
+        """Run argv to its end; past the timeout its whole session is killed
+        and the reply says where it was stuck (a process in the kernel's
+        uninterruptible sleep outlives SIGKILL: the reply must not wait for it)."""
         env = dict(os.environ, **r.get("env", {}))
+        p = subprocess.Popen(
+            r["argv"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         try:
-            p = subprocess.run(
-                r["argv"],
-                input=r.get("input", "").encode(),
-                capture_output=True,
-                timeout=r.get("timeout_", 60),
-                env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as e:
-            return {"rc": None, "out": (e.stdout or b"").decode(errors="replace"), "err": "timeout"}
+            out, err = p.communicate(r.get("input", "").encode(), timeout=r.get("timeout_", 60))
+        except subprocess.TimeoutExpired:
+            where = stuck_report(p.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            try:
+                out, err = p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                out, err = b"", b""
+            text = err.decode(errors="replace")
+            return {"rc": None, "out": out.decode(errors="replace"), "err": f"timeout\n{where}\n{text}"}
         return {
             "rc": p.returncode,
-            "out": p.stdout.decode(errors="replace"),
-            "err": p.stderr.decode(errors="replace"),
+            "out": out.decode(errors="replace"),
+            "err": err.decode(errors="replace"),
         }
 
     def op_spawn(self, r: dict[str, Any]) -> dict[str, Any]:

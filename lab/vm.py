@@ -589,6 +589,16 @@ class Lab:
     def console_tail(self, lines: int = 40) -> str:
         return file_tail(self.console_log, lines, "(no console log)")
 
+    def kernel_log_tail(self, lines: int = 60) -> str:
+        """The guest kernel's log, asked of the guest (virtme-ng's script
+        mode prints no console); the console's tail when the guest does not
+        answer."""
+        try:
+            r = self.run("dmesg", check=False, timeout=15)
+        except LabError as e:
+            return f"({e})\n{self.console_tail(lines)}"
+        return "\n".join(r.out.splitlines()[-lines:]) or self.console_tail(lines)
+
     def close(self) -> None:
         if self._closed:
             return
