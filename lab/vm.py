@@ -256,6 +256,12 @@ class Lab:
             "/var",
             "--script-sh",
             shlex.join(helper),
+            # the kernel's warnings and worse (hung tasks, lockups, WARN
+            # splats) go to the console log; virtme-ng's script mode would
+            # otherwise print no console at all
+            "--show-boot-console",
+            "--kopt",
+            "loglevel=5",
         ]
         if accel() != "kvm":
             cmd.append("--disable-kvm")
