@@ -262,6 +262,10 @@ class Lab:
             "--show-boot-console",
             "--kopt",
             "loglevel=5",
+            # the kernel where every boot puts it: an instruction pointer in
+            # a hung guest's report maps to /proc/kallsyms of any other boot
+            "--kopt",
+            "nokaslr",
         ]
         if accel() != "kvm":
             cmd.append("--disable-kvm")
@@ -592,6 +596,21 @@ class Lab:
 
     # ------------------------------------------------------------ teardown
 
+    def vcpu_report(self) -> str:
+        """Where QEMU says the guest's vCPUs are (a guest that answers
+        nothing: spinning in its kernel, or halted and waiting)."""
+        out = []
+        for cmd in ("info status", "info cpus", "info registers -a"):
+            try:
+                text = self.qmp("human-monitor-command", {"command-line": cmd}, timeout=10)
+            except Exception as e:  # a report for a failure: never raise from it
+                text = f"({type(e).__name__}: {e})"
+            lines = str(text).splitlines()
+            if cmd.startswith("info registers"):  # the instruction pointers and modes only
+                lines = [x for x in lines if x.startswith(("CPU#", "RAX", "RIP", "CS ="))]
+            out.append(f"QEMU {cmd}:\n" + "\n".join(lines))
+        return "\n".join(out)
+
     def console_tail(self, lines: int = 40) -> str:
         return file_tail(self.console_log, lines, "(no console log)")
 
@@ -602,7 +621,7 @@ class Lab:
         try:
             r = self.run("dmesg", check=False, timeout=15)
         except LabError as e:
-            return f"({e})\n{self.console_tail(lines)}"
+            return f"({e})\n{self.console_tail(lines)}\n{self.vcpu_report()}"
         return "\n".join(r.out.splitlines()[-lines:]) or self.console_tail(lines)
 
     def close(self) -> None:
