@@ -52,6 +52,8 @@ from guestfail.system.sysfs import Sysfs
 from guestfail.system.udev import Udev, UdevInfo
 
 log = logging.getLogger(__name__)
+#: events were lost (a netlink or udev overrun): the state is read again in full
+LOST = "events lost (%s): reading the kernel's state again (resync %d)"
 
 
 def status_line(doc: dict[str, Any]) -> str:
@@ -292,6 +294,7 @@ class Daemon:
             self.on_link_event(ev)
         if batch.lost:
             self.resyncs += 1
+            log.warning(LOST, batch.lost, self.resyncs)
             self.request_reconcile(batch.lost)
 
     def _on_udev(self) -> None:
@@ -309,6 +312,7 @@ class Daemon:
                 self.request_reconcile(f"udev {ev.action} {ev.name}")
         if lost:
             self.resyncs += 1
+            log.warning(LOST, lost, self.resyncs)
             self.request_reconcile(lost)
 
     def on_link_event(self, ev: LinkEvent) -> None:
