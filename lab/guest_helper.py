@@ -46,6 +46,20 @@ def find_port(name: str = PORT_NAME) -> str:
     raise SystemExit(f"guest_helper: no virtio port named {name}")
 
 
+def copy_to_log(rfd: int, path: str) -> None:
+    """A spawned process's output, from its pipe to its log, until EOF."""
+    with open(path, "ab", buffering=0) as log:
+        while True:
+            try:
+                chunk = os.read(rfd, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            log.write(chunk)
+    os.close(rfd)
+
+
 def stuck_report(pid: int) -> str:
     """Where a process and its session are: state, kernel stack, and the
     kernel log's tail (hung-task and unregister_netdevice warnings)."""
@@ -391,6 +405,7 @@ class Helper:
         self.counters: dict[str, BcastCounter] = {}
         self.notify: dict[str, socket.socket] = {}
         self.notify_msgs: dict[str, list[str]] = {}
+        self.pumps: dict[str, threading.Thread] = {}
         self.done = threading.Event()
         self.systemd = False  # run by systemd in an image guest (--systemd)
 
@@ -442,8 +457,24 @@ class Helper:
                 self.notify[key] = s
             self.notify_msgs[key] = []
             env["NOTIFY_SOCKET"] = path
-        log = open(r["log"], "ab") if r.get("log") else subprocess.DEVNULL  # noqa: SIM115
-        p = subprocess.Popen(r["argv"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wfd: Optional[int] = None
+        if r.get("log"):
+            # through a pipe, copied to the log (on the 9p share) by a thread
+            # of this helper: a process the test SIGKILLs must not die in the
+            # middle of a 9p write (a guest kernel's 9p client can hang on
+            # the flush that follows)
+            rfd, wfd = os.pipe()
+            pump = threading.Thread(target=copy_to_log, args=(rfd, r["log"]), daemon=True)
+            pump.start()
+            self.pumps[key] = pump
+        out = subprocess.DEVNULL if wfd is None else wfd
+        try:
+            p = subprocess.Popen(
+                r["argv"], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        finally:
+            if wfd is not None:
+                os.close(wfd)
         self.procs[key] = p
         return {"pid": p.pid}
 
@@ -456,9 +487,13 @@ class Helper:
     def op_wait_proc(self, r: dict[str, Any]) -> dict[str, Any]:
         p = self.procs[r["key"]]
         try:
-            return {"rc": p.wait(timeout=r.get("timeout_", 30))}
+            rc = p.wait(timeout=r.get("timeout_", 30))
         except subprocess.TimeoutExpired:
             return {"rc": None}
+        pump = self.pumps.get(r["key"])
+        if pump is not None:
+            pump.join(5)  # its last lines are in the log (a child it left may hold the pipe)
+        return {"rc": rc}
 
     def op_pid(self, r: dict[str, Any]) -> dict[str, Any]:
         p = self.procs.get(r["key"])
