@@ -315,7 +315,8 @@ class Soak:
         dropped = sum(v["drops"] for v in sockets.values()) - drops0
         say(f"soak: storm of {bursts} x {n} veth pairs in {storm_s:.0f} s; {dropped} events dropped")
         t1 = time.monotonic()
-        self.expect(tally, f"storm ({how}): VF down", "vf-down", 300)
+        # the VF went down in the storm: the standby active, from now (SIGCONT)
+        down = self.expect(tally, f"storm ({how}): VF down", "vf-down", 300)
         # the resync shows in the state file once its reconciliation is done
         after = before
         deadline = time.monotonic() + (180 if dropped else 10)
@@ -351,6 +352,7 @@ class Soak:
             "overrun_log_lines": overrun[:5],
             "resync_logged": bool(overrun),
             "findings": findings,
+            "vf_down_s": down,
             "vf_back_s": back,
             "leftover_veths": len(leftovers),
             **tally.as_dict(),
@@ -501,6 +503,7 @@ def render(res: dict[str, Any]) -> str:
                 f"storm, agent {st['agent']}: {st['bursts']} burst(s), {st['storm_s']} s of ip -batch; "
                 f"the kernel dropped {st['kernel_drops']} events for the agent; resyncs counted "
                 f"{st['resyncs']} (state file), {fmt_num(st['resync_seen_after_s'], 1)} s after the storm; "
+                f"the standby active {fmt_num(st.get('vf_down_s'), 1)} s after the storm; "
                 f"said in the log: {logged}\n"
             )
     kills = res.get("kills", {})
