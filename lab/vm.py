@@ -596,6 +596,19 @@ class Lab:
 
     # ------------------------------------------------------------ teardown
 
+    def kernel_trouble(self, lines: int = 100) -> str:
+        """The console from the kernel's first warning, lockup, stall or hung
+        task on (its tail keeps only the last of them)."""
+        try:
+            text = self.console_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no console log)"
+        marks = ("BUG:", "WARNING:", "stall", "lockup", "blocked for more than", "Call Trace")
+        first = next((i for i, x in enumerate(text) if any(m in x for m in marks)), None)
+        if first is None:
+            return "(no kernel warning on the console)"
+        return "\n".join(text[first : first + lines])
+
     def vcpu_report(self) -> str:
         """Where QEMU says the guest's vCPUs are (a guest that answers
         nothing: spinning in its kernel, or halted and waiting)."""

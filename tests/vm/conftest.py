@@ -45,7 +45,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _logs(guest: Guest) -> list[tuple[str, str]]:
     lab = guest.lab
-    out = [("guest kernel log (tail)", lab.kernel_log_tail(60))]
+    out = [
+        ("guest kernel: its first trouble", lab.kernel_trouble(100)),
+        ("guest kernel log (tail)", lab.kernel_log_tail(60)),
+    ]
     for i in range(1, guest.agents + 1):
         out.append((f"guest agent{i}.log (tail)", lab.log_tail(f"agent{i}", 120)))
     # what else the test started in the guest (NetworkManager, networkd, teamd...)

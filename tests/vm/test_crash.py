@@ -5,6 +5,16 @@ temporary master or second master is left, and traffic flows.
 One guest for the whole sequence.  The fault hook (GUESTFAIL_FAULT=
 kill-after-steps=N, off unless set) makes the process SIGKILL itself right
 before its (N+1)-th step, after the journal was written.
+
+The VF's stand-in is an e1000, not the lab's default vmxnet3.  With a
+vmxnet3 the guest locked up in 3 of 9 runs of this test (CI and this
+machine, 2026-11-27/28): an RCU stall with a vCPU in the vmxnet3 driver's
+receive softirq (vmxnet3_rq_rx_complete -> netif_receive_skb) for minutes,
+the 9p share stalled, the agent's log and every exec with it.  The test is
+about what a crash leaves behind, not about how fast the VF's link shows;
+the e1000 (its 2 s link watchdog only slows the pairings), which this test
+used until the lab's default changed on 2026-11-27, did not lock up in its
+runs.
 """
 
 from __future__ import annotations
@@ -72,7 +82,7 @@ def fault(n: int) -> dict[str, str]:
 
 @pytest.mark.timeout(3600)  # about 50 starts of Python in a TCG guest
 def test_killed_at_every_step_of_pairing_and_release_loses_nothing(boot) -> None:  # type: ignore[no-untyped-def]
-    g: Guest = boot(topology.basic(vf_at_boot=True, with_other=False))
+    g: Guest = boot(topology.basic(vf_at_boot=True, with_other=False, vf_model="e1000"))
     sby = configure_standby(g)
     g.lab.run("udevadm", "settle")
     want = held(g, sby)
