@@ -60,9 +60,29 @@ def copy_to_log(rfd: int, path: str) -> None:
     os.close(rfd)
 
 
+def kernel_log(lines: int) -> list[str]:
+    """The kernel log's last messages, read from /dev/kmsg (no exec: the
+    report is for a guest whose root filesystem may have stalled)."""
+    out: list[str] = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records overwritten while reading: read on
+                continue
+            out.append(record.decode(errors="replace").partition(";")[2].split("\n")[0])
+    finally:
+        os.close(fd)
+    return out[-lines:]
+
+
 def stuck_report(pid: int) -> str:
     """Where a process and its session are: state, kernel stack, and the
-    kernel log's tail (hung-task and unregister_netdevice warnings)."""
+    kernel log's tail.  Reads nothing that waits for the stuck process
+    (/proc/<pid>/cmdline would take its memory map's lock)."""
     lines = []
     for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
         if not entry.isdigit():
@@ -70,19 +90,20 @@ def stuck_report(pid: int) -> str:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
             if int(fields[3]) != pid:  # the session id
                 continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            lines.append(f"pid {entry} state {fields[0]}: {cmd}")
+            lines.append(f"pid {entry} ({comm}) state {fields[0]}")
             with contextlib.suppress(OSError), open(f"/proc/{entry}/stack") as f:
                 lines.extend("    " + x for x in f.read().splitlines())
         except (OSError, ValueError, IndexError):
             continue
-    kmsg = subprocess.run(["dmesg"], capture_output=True, check=False).stdout.decode(errors="replace")
     lines.append("kernel log (tail):")
-    lines.extend(kmsg.splitlines()[-30:])
+    try:
+        lines.extend(kernel_log(30))
+    except OSError as e:
+        lines.append(f"(/dev/kmsg: {e})")
     return "\n".join(lines)
 
 
