@@ -756,10 +756,26 @@ class Helper:
             os._exit(0)
 
 
+def pin_tc_static_keys() -> None:
+    """A clsact qdisc on loopback for the guest's life, before any traffic.
+
+    The first clsact qdisc turns on the kernel's ingress and egress static
+    keys, and the last one's removal turns them off: each time the receive
+    path's code is patched live (int3, then the new bytes).  Under TCG a
+    vCPU receiving a frame at that moment can take the int3 as an Oops
+    (Debian 13's 6.12) or spin on it for minutes (Debian 12's 6.1: an RCU
+    stall, the guest gone).  guestfail adds and removes its members' clsact
+    qdiscs at every pairing and release, so the lab keeps the keys on from
+    the start.  Real hardware and KVM do not need this."""
+    with contextlib.suppress(OSError):  # no tc: nothing to pin
+        subprocess.run(["tc", "qdisc", "replace", "dev", "lo", "clsact"], capture_output=True, check=False)
+
+
 def main() -> int:
     """Under virtme-run the helper is the guest's init script; in an image
     guest (--systemd) a service started when its port appears, restarted by
     systemd whenever the host side goes away (the channel reads EOF)."""
+    pin_tc_static_keys()
     chan = Channel(find_port())
     helper = Helper(chan)
     helper.systemd = "--systemd" in sys.argv[1:]
