@@ -6,16 +6,15 @@ One guest for the whole sequence.  The fault hook (GUESTFAIL_FAULT=
 kill-after-steps=N, off unless set) makes the process SIGKILL itself right
 before its (N+1)-th step, after the journal was written.
 
-The VF's stand-in is an e1000, not the lab's default vmxnet3.  With a
-vmxnet3 the guest stopped answering in 3 of 9 runs of this test (CI and
-this machine, 2026-11-27/28): the 9p share stalled, the agent's log and
-every exec with it, and the one run whose console was kept showed an RCU
-stall with a vCPU in the vmxnet3 driver's receive softirq
-(vmxnet3_rq_rx_complete -> netif_receive_skb) for minutes.  The test is
-about what a crash leaves behind, not about how fast the VF's link shows;
-the e1000 (its 2 s link watchdog only slows the pairings), which this test
-used until the lab's default changed on 2026-11-27, did not lock up in its
-runs.
+The VF's stand-in is an e1000, not the lab's default vmxnet3: with a
+vmxnet3 the guest stopped answering in 3 of 9 runs (2026-11-27/28).  The
+cause was not the NIC: each pairing, release and start adds or removes
+clsact qdiscs, which flips the kernel's tc static keys, and under TCG a
+vCPU receiving a frame while the receive path is patched takes the patch's
+int3 (an RCU stall on Debian 12's kernel, an Oops on Debian 13's).  The lab
+now keeps the keys on from the guest's start (lab/guest_helper.py,
+pin_tc_static_keys); the e1000 stays until this test has run on a vmxnet3
+with that in place.
 """
 
 from __future__ import annotations
