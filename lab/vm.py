@@ -603,7 +603,7 @@ class Lab:
             text = self.console_log.read_text(errors="replace").splitlines()
         except OSError:
             return "(no console log)"
-        marks = ("BUG:", "WARNING:", "stall", "lockup", "blocked for more than", "Call Trace")
+        marks = ("Oops", "BUG:", "WARNING:", "stall", "lockup", "blocked for more than", "Call Trace")
         first = next((i for i, x in enumerate(text) if any(m in x for m in marks)), None)
         if first is None:
             return "(no kernel warning on the console)"
