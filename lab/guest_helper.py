@@ -49,13 +49,7 @@ def find_port(name: str = PORT_NAME) -> str:
 def copy_to_log(rfd: int, path: str) -> None:
     """A spawned process's output, from its pipe to its log, until EOF."""
     with open(path, "ab", buffering=0) as log:
-        while True:
-            try:
-                chunk = os.read(rfd, 65536)
-            except InterruptedError:
-                continue
-            if not chunk:
-                break
+        while chunk := os.read(rfd, 65536):  # EINTR is retried by Python itself (PEP 475)
             log.write(chunk)
     os.close(rfd)
 
