@@ -18,7 +18,7 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.mark.basic
-def test_claimed_vf_is_marked_unmanaged_in_its_first_udev_event(boot) -> None:  # type: ignore[no-untyped-def]
+def test_claimed_vf_is_marked_in_its_first_udev_event_and_unmarked_when_released(boot) -> None:  # type: ignore[no-untyped-def]
     g: Guest = boot(topology.basic())
     sby = g.setup_standby()
     key = g.start_agent()
@@ -34,8 +34,41 @@ def test_claimed_vf_is_marked_unmanaged_in_its_first_udev_event(boot) -> None:  
     assert "guestfail.service" in props.get("SYSTEMD_WANTS", "")
     # the standby itself is not marked before it is enslaved
     assert "NM_UNMANAGED" not in g.udev(sby)
-    g.start_agent()
-    g.wait_active(sby, f"{sby}npf")
+    key = g.start_agent()
+    master, nsby, npf = sby, f"{sby}nsby", f"{sby}npf"
+    g.wait_active(master, npf)
+    assert marks(g.udev(nsby)) == MARKS
+
+    # a member leaves its master and is renamed: udev starts the rename's
+    # "move" event from the properties of the previous event, and the rule
+    # takes its marks off
+    g.kill_agent(key, "SIGTERM")
+    g.lab.run("ip", "link", "set", nsby, "nomaster")
+    g.lab.run("ip", "link", "set", nsby, "name", "gfmoved")
+    g.lab.run("udevadm", "settle")
+    assert marks(g.udev("gfmoved")) == {}
+    g.lab.run("ip", "link", "set", "gfmoved", "name", nsby)
+    g.lab.run("ip", "link", "set", nsby, "master", master)
+
+    # released: the claims go, and udev unmarks what guestfail gave back,
+    # so the network managers configure the standby again
+    r = g.guestfail("release", "--all", check=True)
+    assert f"released {master}" in r.out
+    assert g.lab.run("ls", "/run/guestfail/claims").out.split() == []
+    g.lab.run("udevadm", "settle")
+    assert marks(g.udev(sby)) == {}
+    assert marks(g.udev(vf)) == {}
+
+
+MARKS = {"NM_UNMANAGED": "1", "ID_NET_MANAGED_BY": "io.github.guestfail1", "GUESTFAIL_MEMBER": "1"}
+
+
+def marks(props: dict[str, str]) -> dict[str, str]:
+    """guestfail's udev marks among a device's properties (its systemd want too)."""
+    out = {k: v for k, v in props.items() if k in MARKS}
+    if "guestfail.service" in props.get("SYSTEMD_WANTS", ""):
+        out["SYSTEMD_WANTS"] = props["SYSTEMD_WANTS"]
+    return out
 
 
 def test_status_and_prepare_unplug_over_dbus(boot) -> None:  # type: ignore[no-untyped-def]
