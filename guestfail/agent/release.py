@@ -16,15 +16,17 @@ from typing import Callable, Optional
 from guestfail.agent.executor import Executor
 from guestfail.backends.bond import BondBackend
 from guestfail.core.config import Config
-from guestfail.core.errors import NotFound
+from guestfail.core.errors import GuestfailError, NotFound
 from guestfail.core.interfaces import Backend
 from guestfail.core.journal import now
+from guestfail.core.match import standby_key
 from guestfail.core.model import Link, Snapshot, is_ours
 from guestfail.core.undo import plan_finish_release, plan_release, release_entry
 from guestfail.system.files import Journal
 from guestfail.system.netlink import Rtnl
 from guestfail.system.observe import assemble
 from guestfail.system.sysfs import Sysfs
+from guestfail.system.udev import drop_claims
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,12 @@ def release(
         if missing:
             raise NotFound(f"no master guestfail built is called {missing[0]!r}")
         masters = [named[n] for n in names if n in named]
+    # what the daemon told udev it will take goes first: the renames below
+    # must not start the service again (the rule's systemd want), nor leave
+    # the devices marked for it
+    claims = Path(cfg.state_dir) / "claims"
+    drop_claims(claims, None if names is None else {sb.hw_mac for sb in _standbys(masters, snap)})
+    handed_back = {x.ifindex for m in masters for x in snap.slaves_of(m.ifindex)}
     done: list[str] = []
     for m in masters:
         _release_one(cfg, nl, sysfs, journal, m, snap)
@@ -74,8 +82,31 @@ def release(
         if steps:
             Executor(nl, BondBackend(cfg, nl, sysfs)).run_steps(entry.standby_name, steps, snap.links)
             said(f"gave {entry.standby_name} back what an interrupted run took")
+            handed_back.update(x.ifindex for x in snap.links.values() if x.name == entry.standby_name)
         journal.clear(key)
+    _unmark(nl, sysfs, handed_back)
     return done
+
+
+def _standbys(masters: list[Link], snap: Snapshot) -> list[Link]:
+    out = []
+    for m in masters:
+        key = (m.marker or {}).get("key", "")
+        out += [x for x in snap.slaves_of(m.ifindex) if standby_key(x) == key]
+    return out
+
+
+def _unmark(nl: Rtnl, sysfs: Sysfs, links: set[int]) -> None:
+    """udev looks at the devices handed back again ("change" events), so its
+    rule takes guestfail's marks off and their network manager configures
+    them again (the standby renews its lease under its own name)."""
+    for idx in sorted(links):
+        try:
+            link = nl.get_link(idx)
+            if link is not None:
+                sysfs.trigger_change(link.name)
+        except (GuestfailError, OSError) as e:
+            log.warning("udev not asked to unmark %d: %s", idx, e)
 
 
 def _release_one(cfg: Config, nl: Rtnl, sysfs: Sysfs, journal: Journal, m: Link, snap: Snapshot) -> None:

@@ -97,6 +97,18 @@ class Udev:
             out.append(UdevEvent(str(dev.action or ""), str(dev.sys_name), ifindex, now_ns()))
 
 
+def drop_claims(directory: Path, names: Optional[Iterable[str]] = None) -> None:
+    """Take back the claims called `names` (all of them when None): the
+    devices are guestfail's no longer (a release)."""
+    try:
+        have = set(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in have if names is None else have & set(names):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+
+
 def write_claims(directory: Path, names: Iterable[str]) -> None:
     """One empty file per claim: a MAC (``02:00:00:00:00:11``) or a PCI
     function (``pci-0000:02:00.0``).  The udev rule tests for

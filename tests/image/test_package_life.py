@@ -14,7 +14,8 @@ with).
   (KillMode=process), nothing lost;
 * `apt install` of a newer build: the same;
 * `apt remove guestfail`: released: the standby has its name, address and
-  default route back, and traffic continues over it;
+  default route back, traffic continues over it, networkd renews its lease
+  (udev took guestfail's marks off), and the service is not started again;
 * `apt purge guestfail`: none of the package's files, units, processes or
   masters is left.
 """
@@ -33,6 +34,7 @@ from . import flavours
 from .conftest import build_image, record
 from .helpers import (
     GUEST_IP,
+    LEASE,
     NPF,
     SBY,
     boot_checks,
@@ -127,14 +129,23 @@ def test_install_restart_upgrade_remove_purge(boot: Any, debs: Debs, distro: str
     assert upgraded.lost == 0, upgraded
     b.mark("upgraded")
 
-    # remove: released, traffic continues over the standby
+    # remove: released, traffic continues over the standby, and networkd
+    # keeps its lease under its own name (renewals over sb0)
     files = lab.run("dpkg", "-L", "guestfail").out.split()
+    cursor = lab.run("journalctl", "-n0", "--show-cursor", "-q").out.split("cursor: ", 1)[1].strip()
     apt(lab, "remove", "guestfail")
+    t_removed = ns()
     assert kind(lab, SBY) == "", "the standby has its name back, no master"
     wait_address(lab, SBY)
     routes = json.loads(lab.run("ip", "-j", "route", "show", "default").out)
     assert routes and {(r["dev"], r.get("gateway")) for r in routes} == {(SBY, "192.0.2.1")}, routes
     replies_on(lab, stream, "sb0", 100)
+    renewal = wait_ack(lab, dhcp, t_removed, timeout=LEASE * 2)
+    assert renewal.path == "sb0", renewal
+    # the release's renames did not start the service again (the udev rule's
+    # want of a claimed VF)
+    after = lab.journal("--after-cursor", cursor, "-u", "guestfail.service", "-o", "cat")
+    assert "Starting guestfail.service" not in after and "Failed to start" not in after, after
     b.mark("removed")
 
     # purge: nothing of the package left

@@ -424,3 +424,32 @@ def test_the_outcome_says_which_names_moved(tmp_path: Path) -> None:
     assert w.run().renamed == set()
     ignoring = parse(f'[agent]\nstate_dir = "{w.state}"\nignore = ["ens11"]\n')
     assert w.run(ignoring).renamed == {"ens11"}
+
+
+def uevents(tmp_path: Path) -> dict[str, str]:
+    net = tmp_path / "sys" / "class" / "net"
+    return {p.parent.name: p.read_text() for p in net.glob("*/uevent")}
+
+
+def test_release_takes_back_the_claims_and_has_udev_look_at_what_it_gave_back(tmp_path: Path) -> None:
+    """udev keeps a device's properties across a rename: the released
+    standby and VF would stay marked (no network manager would configure the
+    standby again) and the claimed VF's rename would start the service.  The
+    claims go first; "change" events after the release let the rule unmark."""
+    w = paired_world(tmp_path)
+    claims = w.state / "claims"
+    assert M1 in {p.name for p in claims.iterdir()}
+    for p in (tmp_path / "sys" / "class" / "net").glob("*/uevent"):
+        p.unlink()
+    release(w.cfg, w.k, Sysfs(tmp_path / "sys"), None, lambda _: None)
+    assert_released(w)
+    assert list(claims.iterdir()) == []
+    assert uevents(tmp_path) == {"ens11": "change", "ens5001": "change"}
+
+
+def test_a_named_release_takes_back_only_its_standbys_claim(tmp_path: Path) -> None:
+    w = paired_world(tmp_path)
+    claims = w.state / "claims"
+    (claims / "pci-0000:09:00.0").touch()  # a slot the config ties to another standby
+    release(w.cfg, w.k, Sysfs(tmp_path / "sys"), ["ens11"], lambda _: None)
+    assert {p.name for p in claims.iterdir()} == {"pci-0000:09:00.0"}
