@@ -624,6 +624,32 @@ class Lab:
             out.append(f"QEMU {cmd}:\n" + "\n".join(lines))
         return "\n".join(out)
 
+    def net_report(self) -> str:
+        """The guest's network as a failed test left it: counters of every
+        link, qdiscs and filters, where the interrupts went.  A stalled receive path shows as a NIC whose
+        counters stand still while the peer sends."""
+        out = []
+        cmds: list[tuple[str, ...]] = [
+            ("ip", "-s", "-d", "link"),
+            ("tc", "-s", "qdisc"),
+            ("grep", "-E", "CPU|virtio|vmxnet|eth|ens|enp", "/proc/interrupts"),
+            ("cat", "/proc/net/softnet_stat"),
+        ]
+        try:
+            names = [n for n, e in self.links().items() if e.get("link_type") == "ether"]
+        except Exception as e:  # a report for a failure: never raise from it
+            return f"({type(e).__name__}: {e})"
+        for n in names:
+            cmds.append(("tc", "-s", "filter", "show", "dev", n, "ingress"))
+        for argv in cmds:
+            try:
+                r = self.run(*argv, check=False, timeout=15)
+                text = (r.out + r.err).rstrip()
+            except Exception as e:
+                text = f"({type(e).__name__}: {e})"
+            out.append(f"$ {' '.join(argv)}\n{text}")
+        return "\n".join(out)
+
     def console_tail(self, lines: int = 40) -> str:
         return file_tail(self.console_log, lines, "(no console log)")
 

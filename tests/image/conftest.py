@@ -10,6 +10,7 @@ Every boot's timings go to lab-runs/image-timings.jsonl (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -149,6 +150,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     for b in [*item.stash.get(_BOOTS, []), *SHARED]:
         lab = b.lab
+        net = lab.net_report()  # first: what the failure left, before anything else runs
         lab.save_journal()
         kept = lab.keep(RUNS / "image" / re.sub(r"[^\w.-]+", "_", item.name))
         rep.sections.append((f"{b.name}: files kept", str(kept)))
@@ -156,6 +158,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         journal = kept / "journal.txt"
         text = journal.read_text(errors="replace") if journal.exists() else lab.journal_console_tail(200)
         rep.sections.append((f"{b.name}: journal (tail)", "\n".join(text.splitlines()[-250:])))
+        rep.sections.append((f"{b.name}: network", net))
+        with contextlib.suppress(OSError):
+            (kept / "network.txt").write_text(net + "\n")
 
 
 @pytest.fixture

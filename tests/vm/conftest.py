@@ -48,6 +48,7 @@ def _logs(guest: Guest) -> list[tuple[str, str]]:
     out = [
         ("guest kernel: its first trouble", lab.kernel_trouble(100)),
         ("guest kernel log (tail)", lab.kernel_log_tail(60)),
+        ("guest network", lab.net_report()),
     ]
     for i in range(1, guest.agents + 1):
         out.append((f"guest agent{i}.log (tail)", lab.log_tail(f"agent{i}", 120)))
