@@ -12,10 +12,11 @@ import errno
 import logging
 import os
 import signal
-from typing import Callable, ClassVar, Optional, TypeVar
+from typing import Callable, ClassVar, Optional, TypeVar, Union
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from guestfail.core.errors import GuestfailError
 from guestfail.core.interfaces import Backend
 from guestfail.core.model import Link
 from guestfail.core.plan import Plan, links_first
@@ -140,7 +141,7 @@ class Executor:
             retrying(lambda s=step: self._one(s, ref, name, names, masters))  # type: ignore[misc]
             Executor.steps_run += 1
 
-    def _reclaim(self, step: Rename) -> bool:
+    def _reclaim(self, step: Union[Rename, CreateMaster]) -> bool:
         """Take `step.name` back from a member that holds it as an altname."""
         holder = self.nl.holder_of(step.name)
         if holder is None or holder.ifindex not in step.reclaim_from or step.name not in holder.altnames:
@@ -184,7 +185,15 @@ class Executor:
                         )
                     log.info("taking %s back from %s, which has it as an altname", step.name, holder.name)
                     self.nl.del_altname(holder.ifindex, holder.name, step.name)
-                idx = self.backend.create_master(step)
+                try:
+                    idx = self.backend.create_master(step)
+                except GuestfailError:
+                    # udev may give the renamed standby its old name as an
+                    # altname a moment after the check above (teamd then
+                    # fails with EEXIST): take it back and create again
+                    if not self._reclaim(step):
+                        raise
+                    idx = self.backend.create_master(step)
             masters[step.name] = idx
             names[idx] = step.name
         elif isinstance(step, SetDown):

@@ -453,3 +453,37 @@ def test_a_named_release_takes_back_only_its_standbys_claim(tmp_path: Path) -> N
     (claims / "pci-0000:09:00.0").touch()  # a slot the config ties to another standby
     release(w.cfg, w.k, Sysfs(tmp_path / "sys"), ["ens11"], lambda _: None)
     assert {p.name for p in claims.iterdir()} == {"pci-0000:09:00.0"}
+
+
+def test_the_standbys_old_name_given_to_it_as_an_altname_after_the_check_is_taken_back(
+    tmp_path: Path,
+) -> None:
+    """A team master is made under its final name once the standby has moved
+    out of the way.  udev gave the renamed standby its old name as an altname
+    between the executor's check and the creation (the image tier: teamd
+    failed with EEXIST, the pair waited for the next pass, the daemon said
+    READY with it failed): the name is taken back and the master made at once.
+    (The kernel here is the fake's; the backend is the bond's, the plan the
+    team's: what is under test is the executor's handling of the name.)"""
+    w = World(tmp_path, 'backend = "team"\n')
+    w.configured_standby()
+    w.vf()
+    sysfs = Sysfs(tmp_path / "sys")
+    created: list[str] = []
+
+    class UdevInBetween(BondBackend):
+        def create_master(self, step: Any) -> int:
+            sby = w.link("ens11nsby")
+            if not created:
+                w.k.add_altname(sby.ifindex, sby.name, "ens11")
+            created.append(step.name)
+            return super().create_master(step)
+
+    cfg = w.cfg
+    r = Reconciler(cfg, w.k, sysfs, UdevInBetween(cfg, w.k, sysfs), w.state)
+    out = r.run(frozenset, w.outcomes.append)
+    assert [o.errors for o in w.outcomes if o.errors] == []
+    assert out.errors == {}
+    assert created == ["ens11", "ens11"]
+    assert "ens11" not in w.link("ens11nsby").altnames
+    assert w.slaves("ens11") == {"ens11nsby", "ens11npf"}
