@@ -75,6 +75,7 @@ def release(
     # pairings that died before theirs existed): the standby gets its due
     keys = {(m.marker or {}).get("key", "") for m in masters}
     snap = assemble(nl.dump(), sysfs)
+    finished = []
     for key, entry in journal.all().items():
         if names is not None and key not in keys and entry.master not in names:
             continue
@@ -82,9 +83,13 @@ def release(
         if steps:
             Executor(nl, BondBackend(cfg, nl, sysfs)).run_steps(entry.standby_name, steps, snap.links)
             said(f"gave {entry.standby_name} back what an interrupted run took")
-            handed_back.update(x.ifindex for x in snap.links.values() if x.name == entry.standby_name)
-        journal.clear(key)
+        handed_back.update(x.ifindex for x in snap.links.values() if not x.kind and standby_key(x) == key)
+        finished.append(key)
+    # the journal entries go last: a release killed before udev was asked is
+    # asked again by the next one
     _unmark(nl, sysfs, handed_back)
+    for key in finished:
+        journal.clear(key)
     return done
 
 
