@@ -15,7 +15,8 @@ with).
 * `apt install` of a newer build: the same;
 * `apt remove guestfail`: released: the standby has its name, address and
   default route back, traffic continues over it, networkd renews its lease
-  (udev took guestfail's marks off), and the service is not started again;
+  (the release has udev look at the standby again, so networkd matches it to
+  the user's .network file), and the service is not started again;
 * `apt purge guestfail`: none of the package's files, units, processes or
   masters is left.
 """

@@ -39,9 +39,8 @@ def test_claimed_vf_is_marked_in_its_first_udev_event_and_unmarked_when_released
     g.wait_active(master, npf)
     assert marks(g.udev(nsby)) == MARKS
 
-    # a member leaves its master and is renamed: udev starts the rename's
-    # "move" event from the properties of the previous event, and the rule
-    # takes its marks off
+    # a member leaves its master and is renamed: its rename's event leaves it
+    # unmarked (the rule marks what is enslaved now, not what was)
     g.kill_agent(key, "SIGTERM")
     g.lab.run("ip", "link", "set", nsby, "nomaster")
     g.lab.run("ip", "link", "set", nsby, "name", "gfmoved")
