@@ -284,12 +284,6 @@ class FakeKernel:
     def addresses(self, ifindex: int) -> list[Address]:
         return [a for i, a in self.addr_table if i == ifindex]
 
-    def lookup(self, name: str) -> Optional[int]:
-        for x in self.links.values():
-            if x.name == name:
-                return x.ifindex
-        return None
-
     def holder_of(self, name: str) -> Optional[Link]:
         x = self._by_name(name)
         return self._link(x) if x is not None else None
@@ -430,6 +424,18 @@ class FakeKernel:
             },
         )
         self._sys_created(name, idx, bond=True)
+        self._change(what)
+        return idx
+
+    def create_team(self, name: str, mac: str, mtu: int) -> int:
+        what = f"create team {name}"
+        self._maybe_fail("create", what)
+        if self._by_name(name) is not None:
+            raise NetlinkFailure(what, errno.EEXIST)
+        idx = self._next
+        self._next += 1
+        self.links[idx] = FakeLink(idx, name, kind="team", mac=mac, mtu=mtu, up=False)
+        self._sys_created(name, idx)
         self._change(what)
         return idx
 

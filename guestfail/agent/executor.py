@@ -35,7 +35,7 @@ from guestfail.core.steps import (
     SetUp,
     Step,
 )
-from guestfail.system.netlink import NetlinkFailure, Rtnl
+from guestfail.system.netlink import NetlinkFailure, Rtnl, ifindex_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,7 +113,7 @@ class Executor:
                 return r
             if r in masters:
                 return masters[r]
-            idx = self.nl.lookup(r)
+            idx = ifindex_of(self.nl, r)
             if idx is None:
                 raise NetlinkFailure(f"find {r}", errno.ENODEV)
             masters[r] = idx

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from guestfail.core.config import Config
-from guestfail.core.errors import GuestfailError, SystemRefused
+from guestfail.core.errors import GuestfailError
 from guestfail.core.interfaces import AfterRunOnly, Outcome
 from guestfail.core.model import Link
 from guestfail.core.plan import master_of
 from guestfail.core.steps import CreateMaster
 from guestfail.system import processes
 from guestfail.system.dbus import BusClient, BusError
-from guestfail.system.netlink import Rtnl
+from guestfail.system.netlink import Rtnl, ifindex_of
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,20 @@ class TeamBackend:
     # ------------------------------------------------------------ Backend
 
     def create_master(self, step: CreateMaster) -> int:
+        """The device is made here, born with the standby's MAC, and its
+        teamd takes it over.  Made by teamd, it was born with a random MAC
+        that teamd replaced a moment later; udev's MACAddressPolicy=persistent
+        could replace it again after that (seen in the image tier: the master
+        kept a MAC of udev's, and its DHCP client got another address).  A
+        teamd that does not start leaves no device behind."""
         config = teamd_config(self.cfg, step.name, step.mac, step.fail_over_mac)
         self._save(step.name, config)
-        processes.start_teamd(self.cfg.team.teamd, step.name, config, take_over=False)
-        idx = self.nl.lookup(step.name)
-        if idx is None:
-            raise SystemRefused(f"teamd started but there is no device {step.name}")
-        self.nl.set(idx, f"set the MTU of {step.name}", mtu=step.mtu)
+        idx = self.nl.create_team(step.name, step.mac, step.mtu)
+        try:
+            processes.start_teamd(self.cfg.team.teamd, step.name, config, take_over=True)
+        except GuestfailError:
+            self.nl.delete_link(idx, step.name)
+            raise
         self.nl.set(idx, f"set the alias of {step.name}", ifalias=step.marker)
         return idx
 
@@ -160,7 +167,7 @@ class TeamBackend:
             name = self.client.call(master.name, "StateItemValueGet", "s", ["runner.active_port"])
         except TeamdError:
             return None
-        return self.nl.lookup(str(name)) if name else None
+        return ifindex_of(self.nl, str(name)) if name else None
 
     def delete_master(self, master: int, master_name: str) -> None:
         pid = processes.teamd_pid(master_name)

@@ -101,7 +101,6 @@ class Rtnl(Protocol):
     def dump(self) -> Dump: ...
     def get_link(self, ifindex: int) -> Optional[Link]: ...
     def addresses(self, ifindex: int) -> list[Address]: ...
-    def lookup(self, name: str) -> Optional[int]: ...
     def holder_of(self, name: str) -> Optional[Link]: ...
     def close(self) -> None: ...
     def set(self, ifindex: int, what: str, **attrs: Any) -> None: ...
@@ -122,6 +121,7 @@ class Rtnl(Protocol):
         num_peer_notif: int,
         all_slaves_active: int,
     ) -> int: ...
+    def create_team(self, name: str, mac: str, mtu: int) -> int: ...
     def set_bond(self, ifindex: int, what: str, **bond_attrs: Any) -> None: ...
     def redirect_unicast(self, member: int, member_name: str, master: int, master_name: str) -> None: ...
     def clear_redirect(self, member: int, member_name: str) -> None: ...
@@ -132,6 +132,12 @@ class Rtnl(Protocol):
 
 
 PYROUTE2_06 = pyroute2_06()
+
+
+def ifindex_of(nl: Rtnl, name: str) -> Optional[int]:
+    """The ifindex of the link called `name` (not an altname)."""
+    link = nl.holder_of(name)
+    return link.ifindex if link is not None and link.name == name else None
 
 
 def _delete(ipr: Any, msg_type: int) -> Any:
@@ -232,10 +238,6 @@ class Netlink:
         msgs = self._do(f"read the addresses of {ifindex}", lambda: self.nl.dump("addr"))
         return [a for i, a in (parse_addr(m) for m in msgs) if i == ifindex]
 
-    def lookup(self, name: str) -> Optional[int]:
-        links = self._do(f"look up {name}", lambda: self.nl.dump("link"))
-        return next((x.ifindex for x in map(parse_link, links) if x.name == name), None)
-
     # links
     def set(self, ifindex: int, what: str, **attrs: Any) -> None:
         self._do(what, lambda: self.ipr.link("set", index=ifindex, **attrs))
@@ -298,9 +300,18 @@ class Netlink:
                 bond_all_slaves_active=all_slaves_active,
             ),
         )
-        idx = self.lookup(name)
+        idx = ifindex_of(self, name)
         if idx is None:
             raise NetlinkFailure(f"create bond {name}", errno.ENODEV)
+        return idx
+
+    def create_team(self, name: str, mac: str, mtu: int) -> int:
+        """A team device with the MAC and MTU it is born with (its teamd
+        takes it over)."""
+        self._do(f"create team {name}", lambda: self.nl.create_link(name, "team", mac, mtu))
+        idx = ifindex_of(self, name)
+        if idx is None:
+            raise NetlinkFailure(f"create team {name}", errno.ENODEV)
         return idx
 
     def set_bond(self, ifindex: int, what: str, **bond_attrs: Any) -> None:

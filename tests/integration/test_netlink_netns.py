@@ -22,7 +22,7 @@ from guestfail.core.config import Config
 from guestfail.core.model import Address, Route, Snapshot
 from guestfail.core.steps import MoveAddresses
 from guestfail.system.linkevents import LinkMonitor
-from guestfail.system.netlink import Netlink, NetlinkFailure
+from guestfail.system.netlink import Netlink, NetlinkFailure, ifindex_of
 from guestfail.system.rtnl import movable_route
 from guestfail.system.sysfs import Sysfs
 
@@ -59,7 +59,7 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
 
 def veth(nl: Netlink, a: str, b: str) -> tuple[int, int]:
     nl.ipr.link("add", ifname=a, kind="veth", peer={"ifname": b})
-    ia, ib = nl.lookup(a), nl.lookup(b)
+    ia, ib = ifindex_of(nl, a), ifindex_of(nl, b)
     assert ia is not None and ib is not None
     return ia, ib
 

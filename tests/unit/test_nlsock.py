@@ -123,3 +123,24 @@ def test_a_bond_request_carries_the_member_and_is_acknowledged() -> None:
     assert m["index"] == 5 and info.get_attr("IFLA_INFO_KIND") == "bond"
     assert info.get_attr("IFLA_INFO_DATA").get_attr("IFLA_BOND_ACTIVE_SLAVE") == 3
     assert m["header"]["flags"] & 0x4  # NLM_F_ACK: the kernel's answer is awaited
+
+
+def test_a_team_is_created_with_its_mac_and_mtu_in_the_request() -> None:
+    """The device must be born with the standby's MAC (udev leaves a MAC set
+    at creation alone); IPRoute before pyroute2 0.8 would start a teamd of
+    its own instead of sending this."""
+    s, k = nl(lambda seq, _r: [error(seq, 0)])
+    s.create_link("ens11", "team", "02:00:00:00:00:11", 1400)
+    (req,) = k.sent
+    m = ifinfmsg(req)
+    m.decode()
+    assert m.get_attr("IFLA_IFNAME") == "ens11"
+    assert m.get_attr("IFLA_ADDRESS") == "02:00:00:00:00:11"
+    assert m.get_attr("IFLA_MTU") == 1400
+    assert m.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "team"
+    flags = m["header"]["flags"]
+    assert flags & 0x400 and flags & 0x200  # NLM_F_CREATE | NLM_F_EXCL: never an existing device
+    s, _ = nl(lambda seq, _r: [error(seq, -errno.EEXIST)])
+    with pytest.raises(NlError) as e:
+        s.create_link("ens11", "team", "02:00:00:00:00:11", 1500)
+    assert e.value.errno == errno.EEXIST

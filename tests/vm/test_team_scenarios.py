@@ -39,6 +39,9 @@ def pairs_a_hotplugged_vf(g: Guest, stream: Any) -> tuple[str, str, str]:
     master, nsby, npf = paired(g)
     m = g.link(master)
     assert m["linkinfo"]["info_kind"] == "team"
+    # the standby's identity: made by teamd, the master could keep a MAC
+    # udev's MACAddressPolicy gave it (and its DHCP client another lease)
+    assert m["address"] == "02:00:00:00:00:11"
     assert m["ifalias"].startswith("guestfail:1 ")
     assert [a["local"] for a in m["addr_info"] if a["family"] == "inet"] == ["192.0.2.2"]
     state = g.team_state(master)
