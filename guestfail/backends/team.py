@@ -129,7 +129,10 @@ class TeamBackend:
         try:
             processes.start_teamd(self.cfg.team.teamd, step.name, config, take_over=True)
         except GuestfailError:
-            self.nl.delete_link(idx, step.name)
+            try:
+                self.nl.delete_link(idx, step.name)
+            except GuestfailError as e:  # teamd's failure is the one to report
+                log.warning("%s stays without its teamd: %s", step.name, e)
             raise
         self.nl.set(idx, f"set the alias of {step.name}", ifalias=step.marker)
         return idx
