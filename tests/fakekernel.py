@@ -400,19 +400,11 @@ class FakeKernel:
         num_peer_notif: int,
         all_slaves_active: int,
     ) -> int:
-        what = f"create bond {name}"
-        self._maybe_fail("create", what)
-        if self._by_name(name) is not None:
-            raise NetlinkFailure(what, errno.EEXIST)
-        idx = self._next
-        self._next += 1
-        self.links[idx] = FakeLink(
-            idx,
+        return self._create(
             name,
             kind="bond",
             mac=mac,
             mtu=mtu,
-            up=False,
             bond={
                 "active_slave": None,
                 "primary": None,
@@ -423,19 +415,19 @@ class FakeKernel:
                 "num_peer_notif": num_peer_notif,
             },
         )
-        self._sys_created(name, idx, bond=True)
-        self._change(what)
-        return idx
 
     def create_team(self, name: str, mac: str, mtu: int) -> int:
-        what = f"create team {name}"
+        return self._create(name, kind="team", mac=mac, mtu=mtu)
+
+    def _create(self, name: str, *, kind: str, **fields: Any) -> int:
+        what = f"create {kind} {name}"
         self._maybe_fail("create", what)
         if self._by_name(name) is not None:
             raise NetlinkFailure(what, errno.EEXIST)
         idx = self._next
         self._next += 1
-        self.links[idx] = FakeLink(idx, name, kind="team", mac=mac, mtu=mtu, up=False)
-        self._sys_created(name, idx)
+        self.links[idx] = FakeLink(idx, name, kind=kind, up=False, **fields)
+        self._sys_created(name, idx, bond=kind == "bond")
         self._change(what)
         return idx
 

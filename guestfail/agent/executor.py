@@ -141,9 +141,10 @@ class Executor:
             retrying(lambda s=step: self._one(s, ref, name, names, masters))  # type: ignore[misc]
             Executor.steps_run += 1
 
-    def _reclaim(self, step: Union[Rename, CreateMaster]) -> bool:
-        """Take `step.name` back from a member that holds it as an altname."""
-        holder = self.nl.holder_of(step.name)
+    def _reclaim(self, step: Union[Rename, CreateMaster], holder: Optional[Link] = None) -> bool:
+        """Take `step.name` back from a member that holds it as an altname
+        (`holder`: who has the name, if just read)."""
+        holder = holder if holder is not None else self.nl.holder_of(step.name)
         if holder is None or holder.ifindex not in step.reclaim_from or step.name not in holder.altnames:
             return False
         log.info("taking %s back from %s, which has it as an altname", step.name, holder.name)
@@ -178,13 +179,10 @@ class Executor:
                 self.backend.adopt_master(holder, step)
                 idx = holder.ifindex
             else:
-                if holder is not None:
-                    if holder.ifindex not in step.reclaim_from or step.name not in holder.altnames:
-                        raise NetlinkFailure(
-                            f"create {step.kind} {step.name}: {holder.name} has that name", errno.EEXIST
-                        )
-                    log.info("taking %s back from %s, which has it as an altname", step.name, holder.name)
-                    self.nl.del_altname(holder.ifindex, holder.name, step.name)
+                if holder is not None and not self._reclaim(step, holder):
+                    raise NetlinkFailure(
+                        f"create {step.kind} {step.name}: {holder.name} has that name", errno.EEXIST
+                    )
                 try:
                     idx = self.backend.create_master(step)
                 except GuestfailError:

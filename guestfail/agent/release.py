@@ -21,7 +21,7 @@ from guestfail.core.interfaces import Backend
 from guestfail.core.journal import now
 from guestfail.core.match import standby_key
 from guestfail.core.model import Link, Snapshot, is_ours
-from guestfail.core.undo import plan_finish_release, plan_release, release_entry
+from guestfail.core.undo import plan_finish_release, plan_release, release_entry, standby_of
 from guestfail.system.files import Journal
 from guestfail.system.netlink import Rtnl
 from guestfail.system.observe import assemble
@@ -64,7 +64,8 @@ def release(
     # must not start the service again (the rule's systemd want), nor leave
     # the devices marked for it
     claims = Path(cfg.state_dir) / "claims"
-    drop_claims(claims, None if names is None else {sb.hw_mac for sb in _standbys(masters, snap)})
+    standbys = [standby_of(m, snap) for m in masters]
+    drop_claims(claims, None if names is None else {sb.hw_mac for sb in standbys if sb is not None})
     handed_back = {x.ifindex for m in masters for x in snap.slaves_of(m.ifindex)}
     done: list[str] = []
     for m in masters:
@@ -91,14 +92,6 @@ def release(
     for key in finished:
         journal.clear(key)
     return done
-
-
-def _standbys(masters: list[Link], snap: Snapshot) -> list[Link]:
-    out = []
-    for m in masters:
-        key = (m.marker or {}).get("key", "")
-        out += [x for x in snap.slaves_of(m.ifindex) if standby_key(x) == key]
-    return out
 
 
 def _unmark(nl: Rtnl, sysfs: Sysfs, links: set[int]) -> None:

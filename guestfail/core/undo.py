@@ -52,7 +52,7 @@ def release_entry(master: Link, snap: Snapshot, t: float) -> Optional[Entry]:
     """The journal entry written before a master is released: what its
     standby must get back."""
     marker = parse_marker(master.ifalias) or {}
-    standby = _standby_of(master, snap)
+    standby = standby_of(master, snap)
     if standby is None:
         return None
     return Entry(
@@ -79,7 +79,7 @@ def _renamed_primaries(master: Link, standby: Link, snap: Snapshot) -> list[tupl
     ]
 
 
-def _standby_of(master: Link, snap: Snapshot) -> Optional[Link]:
+def standby_of(master: Link, snap: Snapshot) -> Optional[Link]:
     key = (parse_marker(master.ifalias) or {}).get("key", "")
     return next((s for s in snap.slaves_of(master.ifindex) if standby_key(s) == key), None)
 
@@ -90,7 +90,7 @@ def plan_release(master: Link, snap: Snapshot, entry: Optional[Entry] = None) ->
     altname).  The inverse of what plan_pair built.  `entry`: an earlier
     release's journal entry, whose addresses the standby gets as well."""
     marker = parse_marker(master.ifalias) or {}
-    standby = _standby_of(master, snap)
+    standby = standby_of(master, snap)
     steps: list[Step] = [DeleteMaster(master.ifindex)]
     if standby is None:
         return steps

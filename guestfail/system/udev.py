@@ -116,8 +116,6 @@ def write_claims(directory: Path, names: Iterable[str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     want = set(names)
     have = set(os.listdir(directory))
-    for name in have - want:
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
+    drop_claims(directory, have - want)
     for name in want - have:
         (directory / name).touch()
